@@ -1,0 +1,63 @@
+"""The `hpsearch` command: `run` a study file, open the MLflow `ui` on its results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpsearch", description="Tune self-supervised pretraining with Optuna and MLflow.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run or continue the study a YAML file describes")
+    run.add_argument("study_file", help="path to the study YAML file")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+                     help="override a study-file field, e.g. --set training.epochs=5 (repeatable)")
+    run.add_argument("--n-trials", type=int, help="total finished trials the study should have")
+    run.add_argument("--storage", help="Optuna storage URL (default sqlite:///<workdir>/optuna.db)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<workdir>/mlflow.db)")
+    run.add_argument("--workdir", help="work directory (default ./hpsearch-runs)")
+    run.add_argument("--seed", type=int, help="seed of the sampler and of every trial")
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on a work directory, bound to 127.0.0.1")
+    ui.add_argument("--workdir", default="hpsearch-runs", help="work directory (default ./hpsearch-runs)")
+    ui.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "ui":
+        return _ui(Path(args.workdir), args.port)
+    return _run(args)
+
+
+def _run(args) -> int:
+    from hpsearch.studyfile import StudyFileError
+
+    try:
+        from hpsearch.runner import run_study
+
+        run_study(args.study_file, sets=args.sets, n_trials=args.n_trials, storage=args.storage,
+                  tracking_uri=args.tracking_uri, workdir=args.workdir, seed=args.seed)
+    except StudyFileError as err:
+        print(f"hpsearch: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _ui(workdir: Path, port: int) -> int:
+    database = workdir.resolve() / "mlflow.db"
+    if not database.exists():
+        print(f"hpsearch: error: {database}: no MLflow database here; run a study with --workdir {workdir} first",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    command = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{database}",
+               "--host", "127.0.0.1", "--port", str(port)]
+    print(f"MLflow UI on http://127.0.0.1:{port} (runs table: add #/experiments/<id>/runs?workflowType=machine_learning)")
+    os.execvp(command[0], command)

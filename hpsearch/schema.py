@@ -1,0 +1,214 @@
+"""The typed study-file schema. Every default of a study lives here (or in a method's config in
+`objectives/`), and nowhere else; unknown keys are errors."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpsearch.backbones import BACKBONES
+from hpsearch.data import DATASETS
+from hpsearch.pruners import build_pruner, pruner_names
+from objectives import METHODS
+
+
+class FieldError(Exception):
+    """A study-file error found across fields; carries the field path it names.
+
+    Not a ValueError on purpose: pydantic would wrap a ValueError raised in a model validator
+    and lose the path; this one propagates as is.
+    """
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path, self.message = path, message
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _one_of(name: str, value: str, known) -> str:
+    if value not in known:
+        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(sorted(known))}")
+    return value
+
+
+class DataConfig(Section):
+    dataset: str = Field("digits", description="dataset name")
+    image_size: int = Field(16, gt=0, description="images are resized to image_size x image_size once, at load")
+    eval_size: int = Field(400, gt=0, description="held-out images the final metric is measured on")
+    probe_size: int = Field(500, gt=1, description="labelled images for the kNN proxy and the linear probe")
+    pretrain_size: int | None = Field(None, gt=0, description="unlabelled pretraining images; null = all but eval")
+    split_seed: int = Field(0, description="seed of the stratified splits (fixed across trials)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _one_of("dataset", value, DATASETS)
+
+
+class ProjectorConfig(Section):
+    hidden_dim: int = Field(512, gt=0)
+    output_dim: int = Field(128, gt=0)
+
+
+class ModelConfig(Section):
+    backbone: str = "small_cnn"
+    width: int = Field(16, gt=0, description="channel width of the first block")
+    projector: ProjectorConfig = ProjectorConfig()
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        return _one_of("backbone", value, BACKBONES)
+
+
+# `objective` is one of the registered methods' configs, chosen by its `method` key.
+ObjectiveConfig = Annotated[Union[tuple(m.Config for m in METHODS.values())], Field(discriminator="method")]
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.3, gt=0, description="learning rate per 256 images; scaled by batch_size / 256")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by adamw)")
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(256, gt=1, description="contrastive losses need at least 2 images")
+    warmup_epochs: int = Field(0, ge=0, description="linear lr warm-up, then cosine decay to 0")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto = cuda if present")
+
+
+class AugmentConfig(Section):
+    """Per-sample augmentation: each image of a batch draws its own parameters."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = Field(0.5, ge=0, le=1)
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    brightness: float = Field(0.4, ge=0)
+    contrast: float = Field(0.4, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.1, ge=0, le=0.5)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.0, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("crop_scale", "crop_ratio", "blur_sigma")
+    @classmethod
+    def _ordered_positive(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"expected 0 < low <= high, got {list(value)}")
+        return value
+
+
+class KnnConfig(Section):
+    k: int = Field(20, gt=0)
+    temperature: float = Field(0.07, gt=0)
+
+
+class LinearProbeConfig(Section):
+    steps: int = Field(300, gt=0, description="full-batch optimisation steps on frozen features")
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+class EvaluationConfig(Section):
+    proxy: Literal["knn"] = "knn"
+    eval_every: int = Field(1, gt=0, description="epochs between proxy evaluations (the last epoch is always evaluated)")
+    final_metric: Literal["linear_probe"] = "linear_probe"
+    knn: KnnConfig = KnnConfig()
+    linear_probe: LinearProbeConfig = LinearProbeConfig()
+
+
+class PruningConfig(Section):
+    name: str = Field("median", description="optuna pruner: median, percentile, hyperband, ... or none")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the pruner")
+    warmup_epochs: int = Field(1, ge=0, description="never prune before this many epochs")
+
+    @model_validator(mode="after")
+    def _buildable(self) -> "PruningConfig":
+        if self.name not in pruner_names():
+            raise FieldError("pruning.name", f"unknown pruner {self.name!r}; expected one of: {', '.join(pruner_names())}")
+        try:
+            build_pruner(self.name, self.args)
+        except ValueError as err:
+            raise FieldError("pruning.args", str(err)) from None
+        return self
+
+
+class SamplerConfig(Section):
+    name: Literal["tpe", "random"] = "tpe"
+    n_startup_trials: int = Field(5, ge=0, description="random trials before TPE models the space")
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; null = sqlite:///<workdir>/mlflow.db")
+    experiment: str | None = Field(None, description="MLflow experiment; null = the study name")
+
+
+class ParamSpec(Section):
+    """One searched hyperparameter. The key in `search_space` is the dotted path it overrides."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+    when: dict[str, Any] | None = Field(None, description="sample only when these categorical params have these values")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ParamSpec":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical parameter takes 'choices', not low/high")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes low/high, not 'choices'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs both 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("'step' cannot be combined with log=true")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an int parameter needs integer bounds, got {self.low}..{self.high}")
+        return self
+
+
+class StudyConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Optuna study and MLflow experiment name")
+    seed: int = Field(0, description="seeds the sampler and every trial's training")
+    n_trials: int = Field(12, gt=0, description="total finished trials the study should have, across restarts")
+    workdir: str = Field("hpsearch-runs", description="where storage, MLflow data and artifacts go by default")
+    storage: str | None = Field(None, description="Optuna storage URL; null = sqlite:///<workdir>/optuna.db")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = Field(default_factory=lambda: next(iter(METHODS.values())).Config())
+    augment: AugmentConfig = AugmentConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    search_space: dict[str, ParamSpec] = Field(default_factory=dict)
+    sampler: SamplerConfig = SamplerConfig()
+    pruning: PruningConfig = PruningConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _evaluates_within_budget(self) -> "StudyConfig":
+        if self.evaluation.eval_every > self.training.epochs:
+            raise FieldError(
+                "evaluation.eval_every",
+                f"expected at most training.epochs ({self.training.epochs}), got {self.evaluation.eval_every}",
+            )
+        return self

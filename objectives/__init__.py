@@ -1,0 +1,8 @@
+"""SSL methods, one module each, registered by the name study files use (`objective.method`)."""
+
+from objectives.registry import METHODS, SSLMethod, MethodConfig, register
+
+# Importing a method module registers it.
+from objectives import simclr  # noqa: E402,F401
+
+__all__ = ["METHODS", "SSLMethod", "MethodConfig", "register"]
