@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hpsearch import augment
 from hpsearch.backbones import build_backbone
 from hpsearch.data import Splits
 from hpsearch.optim import build_optimizer, warmup_cosine
@@ -56,8 +55,9 @@ class Pretraining:
         self.batch_size = min(cfg.training.batch_size, n_images)
         self.steps_per_epoch = n_images // self.batch_size
         self.optimizer = build_optimizer(self.method, cfg.training.optimizer, self.batch_size)
+        self.total_steps = cfg.training.epochs * self.steps_per_epoch
         self.scheduler = warmup_cosine(self.optimizer, cfg.training.warmup_epochs * self.steps_per_epoch,
-                                       cfg.training.epochs * self.steps_per_epoch)
+                                       self.total_steps)
         self.epoch = 0
 
     def _normalise(self, views: list[Tensor]) -> list[Tensor]:
@@ -75,12 +75,13 @@ class Pretraining:
         size = self.cfg.data.image_size
         for step in range(self.steps_per_epoch):
             images = self.splits.pretrain[order[step * self.batch_size:(step + 1) * self.batch_size]]
-            views = augment.random_views(images, self.cfg.augment, size, self.generator, self.method.n_views)
+            views = self.method.make_views(images, self.cfg.augment, size, self.generator)
             loss = self.method.training_loss(self._normalise(views))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
+            self.method.on_step_end(self.scheduler.last_epoch, self.total_steps)
             loss_sum += loss.detach()
         self.epoch += 1
         mean_loss = loss_sum.item() / self.steps_per_epoch

@@ -45,6 +45,11 @@ def with_values(cfg: StudyConfig, values: dict[str, Any]) -> StudyConfig:
     """The config of one trial: `cfg` with `values` set at their paths, validated again."""
     tree = cfg.model_dump()
     tree["search_space"] = {}
+    method = values.get("objective.method")
+    if method is not None and method != tree["objective"]["method"]:
+        # The study's settings for one method do not apply to another: a sampled method starts
+        # from its own defaults, then takes the sampled objective.* values.
+        tree["objective"] = {"method": method}
     for path, value in values.items():
         set_path(tree, path, value)
     return StudyConfig.model_validate(tree)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
+
+from hpsearch import augment
 
 
 class MethodConfig(BaseModel):
@@ -29,14 +32,29 @@ class SSLMethod(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
     n_views: ClassVar[int] = 2
+    # The method's default search space: {dotted field path: ParamSpec fields}, e.g.
+    # {"objective.temperature": {"type": "float", "low": 0.07, "high": 0.5, "log": True}}.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Whether the std of L2-normalised projections is a meaningful collapse signal (not for
+    # methods that regularise variance directly, such as VICReg and Barlow Twins).
+    collapse_check: ClassVar[bool] = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
 
+    def make_views(self, images: Tensor, augment_cfg, size: int, generator: torch.Generator) -> list[Tensor]:
+        """Augmented views of a uint8 batch, floats in [0, 1]; multi-crop methods override this."""
+        return augment.random_views(images, augment_cfg, size, generator, self.n_views)
+
     def training_loss(self, views: list[Tensor]) -> Tensor:
+        """The SSL loss of one batch given its (normalised) views."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Called after each optimiser step (step counts from 1): momentum / EMA updates go here."""
 
 
 METHODS: dict[str, type[SSLMethod]] = {}
