@@ -1,9 +1,10 @@
-"""The `hpsearch` command: `run` a study file, open the MLflow `ui` on its results."""
+"""The `hpsearch` command: `run` a study file, `resume` a study, open the MLflow `ui` on its results."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,11 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("study_file", help="path to the study YAML file")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
                      help="override a study-file field, e.g. --set training.epochs=5 (repeatable)")
-    run.add_argument("--n-trials", type=int, help="total finished trials the study should have")
-    run.add_argument("--storage", help="Optuna storage URL (default sqlite:///<workdir>/optuna.db)")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<workdir>/mlflow.db)")
-    run.add_argument("--workdir", help="work directory (default ./hpsearch-runs)")
+    run.add_argument("--force", action="store_true", help="continue an existing study even if the file changes its search")
+    _add_shared_options(run)
     run.add_argument("--seed", type=int, help="seed of the sampler and of every trial")
+
+    resume = commands.add_parser("resume", help="continue a study from the config stored with it")
+    resume.add_argument("study_name")
+    _add_shared_options(resume)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on a work directory, bound to 127.0.0.1")
     ui.add_argument("--workdir", default="hpsearch-runs", help="work directory (default ./hpsearch-runs)")
@@ -30,24 +33,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_shared_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--n-trials", type=int, help="total finished trials the study should have")
+    command.add_argument("--storage", help="Optuna storage URL (default sqlite:///<workdir>/optuna.db)")
+    command.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<workdir>/mlflow.db)")
+    command.add_argument("--workdir", help="work directory (default ./hpsearch-runs)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "ui":
         return _ui(Path(args.workdir), args.port)
-    return _run(args)
+    return _run(args, argv if argv is not None else sys.argv[1:])
 
 
-def _run(args) -> int:
+def _run(args, argv: list[str]) -> int:
+    from hpsearch.interrupt import Interrupted
+    from hpsearch.runner import resume_study, run_study
+    from hpsearch.storage import StorageError
+    from hpsearch.studyconfig import ConfigChanged
     from hpsearch.studyfile import StudyFileError
 
+    shared = dict(n_trials=args.n_trials, storage=args.storage, tracking_uri=args.tracking_uri, workdir=args.workdir)
     try:
-        from hpsearch.runner import run_study
-
-        run_study(args.study_file, sets=args.sets, n_trials=args.n_trials, storage=args.storage,
-                  tracking_uri=args.tracking_uri, workdir=args.workdir, seed=args.seed)
-    except StudyFileError as err:
+        if args.command == "resume":
+            resume_study(args.study_name, **shared)
+        else:
+            run_study(args.study_file, sets=args.sets, force=args.force, seed=args.seed, **shared)
+    except (StudyFileError, StorageError, ConfigChanged) as err:
         print(f"hpsearch: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as stop:
+        again = shlex.join(["hpsearch", *(a for a in argv if a != "--force")])
+        print(f"hpsearch: interrupted ({stop}); the running trial was checkpointed. Continue with: {again}",
+              file=sys.stderr)
+        return 128 + stop.signum
     return 0
 
 

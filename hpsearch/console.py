@@ -8,13 +8,13 @@ from typing import TextIO
 import optuna
 
 from hpsearch.pretrain import EpochStats
+from hpsearch.retry import FINISHED, finished_trials
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
-    """Finished trials of the study by state (COMPLETE / PRUNED / FAIL)."""
-    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    """Finished trials of the study by state (COMPLETE / PRUNED / FAIL), retried ones not counted."""
+    trials = finished_trials(study)
     return {state.name: sum(t.state == state for t in trials) for state in FINISHED}
 
 
@@ -58,7 +58,7 @@ class Console:
         self.line(f"trial {trial.number:>3}  {trial.state.name:<8}  {value}  ({epochs} epochs)  |  {self.status}")
 
     def summary(self, study: optuna.Study, ui_hint: str) -> None:
-        trials = study.get_trials(deepcopy=False, states=FINISHED)
+        trials = finished_trials(study)
         names = sorted({name for t in trials for name in t.params})
         header = ["#", "state", "value", "epochs", *names]
         rows = [[str(t.number), t.state.name, f"{t.value:.4f}" if t.state.name == "COMPLETE" else "",

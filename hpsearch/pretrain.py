@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -12,6 +16,7 @@ from hpsearch.backbones import build_backbone
 from hpsearch.data import Splits
 from hpsearch.optim import build_optimizer, warmup_cosine
 from hpsearch.probes import extract_features, knn_accuracy, linear_probe_accuracy
+from hpsearch.interrupt import StopRequest
 from hpsearch.schema import StudyConfig
 from objectives import METHODS
 
@@ -46,7 +51,7 @@ class Pretraining:
         self.cfg, self.splits, self.device = cfg, splits, device
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
-        backbone, feature_dim = build_backbone(cfg.model.backbone, splits.channels, cfg.model.width)
+        backbone, feature_dim = build_backbone(cfg.model, splits.channels, cfg.data.image_size)
         method_cls = METHODS[cfg.objective.method]
         self.method = method_cls(backbone, feature_dim, cfg.objective, cfg.model.projector).to(device)
         n_images = len(splits.pretrain)
@@ -58,23 +63,31 @@ class Pretraining:
         self.total_steps = cfg.training.epochs * self.steps_per_epoch
         self.scheduler = warmup_cosine(self.optimizer, cfg.training.warmup_epochs * self.steps_per_epoch,
                                        self.total_steps)
-        self.epoch = 0
+        self.epoch = 0  # completed epochs
+        self._order: Tensor | None = None  # the running epoch's shuffle; None between epochs
 
     def _normalise(self, views: list[Tensor]) -> list[Tensor]:
         mean = self.splits.mean.view(1, -1, 1, 1)
         std = self.splits.std.view(1, -1, 1, 1)
         return [(v - mean) / std for v in views]
 
-    def train_epoch(self) -> EpochStats:
-        """One pass over the pretraining split; raises Diverged on a non-finite loss."""
+    def train_epoch(self, stop: StopRequest | None = None) -> EpochStats:
+        """Train to the end of the current epoch; raises Diverged on a non-finite loss.
+
+        With `stop`, checks after every step whether a stop was requested and raises Interrupted
+        there; the epoch's position is part of `state_dict`, so training resumes mid-epoch.
+        """
         start = time.perf_counter()
         self.method.train()
-        lr = self.optimizer.param_groups[0]["lr"]
-        order = torch.randperm(len(self.splits.pretrain), generator=self.generator).to(self.device)
-        loss_sum = torch.zeros((), device=self.device)  # summed on device: no host sync per step
+        if self._order is None:  # a new epoch (else: resuming one that was interrupted)
+            self._order = torch.randperm(len(self.splits.pretrain), generator=self.generator)
+            self._position, self._loss_sum, self._elapsed = 0, torch.zeros(()), 0.0
+            self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        order = self._order.to(self.device)
+        loss_sum = self._loss_sum.to(self.device)  # summed on device: no host sync per step
         size = self.cfg.data.image_size
-        for step in range(self.steps_per_epoch):
-            images = self.splits.pretrain[order[step * self.batch_size:(step + 1) * self.batch_size]]
+        while self._position < self.steps_per_epoch:
+            images = self.splits.pretrain[order[self._position * self.batch_size:(self._position + 1) * self.batch_size]]
             views = self.method.make_views(images, self.cfg.augment, size, self.generator)
             loss = self.method.training_loss(self._normalise(views))
             self.optimizer.zero_grad(set_to_none=True)
@@ -83,11 +96,52 @@ class Pretraining:
             self.scheduler.step()
             self.method.on_step_end(self.scheduler.last_epoch, self.total_steps)
             loss_sum += loss.detach()
-        self.epoch += 1
+            self._position += 1
+            if stop is not None and stop.requested:
+                self._loss_sum, self._elapsed = loss_sum.cpu(), self._elapsed + time.perf_counter() - start
+                stop.check()
         mean_loss = loss_sum.item() / self.steps_per_epoch
-        if not torch.isfinite(torch.tensor(mean_loss)):
+        self.epoch += 1
+        self._order = None
+        if not math.isfinite(mean_loss):
             raise Diverged(f"SSL loss is {mean_loss} at epoch {self.epoch}")
-        return EpochStats(self.epoch, mean_loss, lr, time.perf_counter() - start)
+        return EpochStats(self.epoch, mean_loss, self._epoch_lr, self._elapsed + time.perf_counter() - start)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit: weights (targets, queues and centres are
+        submodules or buffers of the method), optimiser, schedule, epoch position and RNG states."""
+        state = {
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "numpy_rng": _numpy_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if self._order is not None:  # interrupted mid-epoch
+            state["mid_epoch"] = {"order": self._order, "position": self._position, "loss_sum": self._loss_sum,
+                                  "elapsed": self._elapsed, "lr": self._epoch_lr}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        _set_numpy_rng_state(state["numpy_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        mid = state.get("mid_epoch")
+        if mid is not None:
+            self._order, self._position, self._loss_sum = mid["order"], mid["position"], mid["loss_sum"]
+            self._elapsed, self._epoch_lr = mid["elapsed"], mid["lr"]
 
     def _features(self, images: Tensor) -> Tensor:
         return extract_features(self.method.backbone, images, self.splits.mean, self.splits.std)
@@ -107,3 +161,14 @@ class Pretraining:
             self._features(self.splits.eval_images), self.splits.eval_labels,
             self.splits.num_classes, probe.steps, probe.lr, probe.weight_decay,
         ).item()
+
+
+def _numpy_rng_state() -> tuple:
+    # As plain values and a tensor: checkpoints are loaded with weights_only=True, which refuses ndarrays.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached
+
+
+def _set_numpy_rng_state(state: tuple) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

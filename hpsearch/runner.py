@@ -9,57 +9,73 @@ from typing import Any
 
 import optuna
 
-from hpsearch.console import FINISHED, Console, best, counts
+from hpsearch import checkpoint
+from hpsearch.console import Console, best, counts
 from hpsearch.data import load_splits
+from hpsearch.interrupt import Interrupted, StopRequest
 from hpsearch.pretrain import Pretraining, resolve_device
-from hpsearch.pruners import build_pruner
+from hpsearch.retry import finished_trials, requeue
 from hpsearch.schema import StudyConfig
+from hpsearch.storage import connect, mask, open_study
+from hpsearch.studyconfig import check_unchanged, store_config
 from hpsearch.studyfile import StudyFileError, load_study
 from hpsearch.tracking import Tracker
 from hpsearch.trial import TrialContext, run_trial
 
-# A trial whose process died stops sending heartbeats; after the grace period the next worker
-# that starts marks it failed instead of leaving it RUNNING forever.
-HEARTBEAT_INTERVAL_S = 60
-HEARTBEAT_GRACE_S = 180
-
 
 def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict | None = None,
-              console: Console | None = None, **overrides: Any) -> optuna.Study:
+              force: bool = False, console: Console | None = None, **overrides: Any) -> optuna.Study:
     """Run (or continue) the study a study file describes; returns the `optuna.Study`.
 
     `overrides` are the command-line shorthands: n_trials, storage, tracking_uri, workdir, seed;
     `sets` are dotted-path overrides ("training.epochs=5" strings or a {path: value} dict).
-    Raises StudyFileError (nothing created) when the study file or an override is invalid.
+    Raises StudyFileError (nothing created) when the study file or an override is invalid,
+    ConfigChanged when it would change the search of an existing study (unless `force`),
+    StorageError when the storage cannot be reached, and Interrupted after SIGINT/SIGTERM.
     """
     cfg, text = load_study(source, sets, **overrides)
+    label = str(source) if isinstance(source, (str, Path)) else "<config>"
     try:
         splits = load_splits(cfg.data)
     except (ValueError, OSError) as err:
-        raise StudyFileError(f"{source if not isinstance(source, (dict, StudyConfig)) else '<config>'}: data: {err}") from None
+        raise StudyFileError(f"{label}: {err}") from None
     device = resolve_device(cfg.training.device)
     splits = splits.to(device)
-
-    workdir = Path(cfg.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    storage_url = cfg.storage or f"sqlite:///{workdir / 'optuna.db'}"
-    tracking_uri = cfg.tracking.uri or f"sqlite:///{workdir / 'mlflow.db'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console reports trials instead
     # Heartbeats and grouped multivariate TPE are marked experimental, but are what we rely on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-    study = _open_study(cfg, storage_url)
+    workdir = Path(cfg.workdir).resolve()
+    storage_url = cfg.storage or f"sqlite:///{workdir / 'optuna.db'}"
+    tracking_uri = cfg.tracking.uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    checkpoint_root = Path(cfg.recovery.checkpoint_dir or workdir / "checkpoints").resolve() / cfg.name
+    tracker: Tracker | None = None
+
+    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """A worker died: retry its trial from its checkpoint, or close its run when out of retries."""
+        if not requeue(study, trial, max_retries=cfg.recovery.max_retries, count_as_retry=True):
+            if tracker is not None and "mlflow_run_id" in trial.user_attrs:
+                tracker.trial_run_by_id(trial.user_attrs["mlflow_run_id"]).finish("FAIL", reason="worker died; retries exhausted")
+
+    if cfg.storage is None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    storage = connect(cfg, storage_url, on_stale)  # before anything else is created when it is remote
+    workdir.mkdir(parents=True, exist_ok=True)
+    study = open_study(cfg, storage)
+    check_unchanged(study, cfg, force)
+    store_config(study, cfg, text)
     tracker = Tracker(tracking_uri, cfg.tracking.experiment or cfg.name, workdir / "mlartifacts")
     study_run_id = tracker.study_run(cfg.name, study.user_attrs.get("mlflow_study_run_id"))
     study.set_user_attr("mlflow_study_run_id", study_run_id)
     if text is not None:
         tracker.log_text(study_run_id, text, f"study/{Path(str(source)).name}")
-    tracker.log_text(study_run_id, _dump_yaml(cfg), "study/resolved_config.yaml")
+    tracker.log_text(study_run_id, study.user_attrs["hpsearch_config_yaml"], "study/resolved_config.yaml")
+    optuna.storages.fail_stale_trials(study)  # queue retries of dead trials before counting
 
     console = console or Console(cfg.n_trials, cfg.training.epochs)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    done = len(finished_trials(study))
     console.line(f"study {cfg.name!r}: {done}/{cfg.n_trials} trials finished, training on {device}")
-    console.line(f"  optuna storage {_mask(storage_url)}, MLflow {_mask(tracking_uri)}")
+    console.line(f"  optuna storage {mask(storage_url)}, MLflow {mask(tracking_uri)}")
     _measure_baseline(study, cfg, splits, device, tracker, study_run_id, console)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -69,43 +85,47 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
         if top is not None:
             metrics["best_linear_probe_accuracy"] = top.value
         tracker.log_metrics(study_run_id, metrics, step=sum(n.values()))
+        _prune_checkpoints(study, checkpoint_root, cfg.recovery.keep_best)
         console.trial_finished(study, trial)
+        if sum(n.values()) >= cfg.n_trials:
+            study.stop()  # counted over the whole study, so several workers stop together
 
-    ctx = TrialContext(cfg, splits, device, tracker, study_run_id, console.epoch)
+    stop = StopRequest()
+    ctx = TrialContext(cfg, splits, device, tracker, study_run_id, checkpoint_root, stop, console.epoch, console.line)
     status = "FAILED"
     try:
-        if done < cfg.n_trials:
-            study.optimize(
-                lambda trial: run_trial(trial, ctx),
-                n_trials=cfg.n_trials - done,
-                # With several workers on one storage, stop once the study as a whole has enough.
-                callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED), after_trial],
-                catch=(Exception,),  # a failing trial is recorded as FAIL; the study goes on
-            )
+        with stop:
+            if done < cfg.n_trials:
+                study.optimize(lambda trial: run_trial(trial, ctx), callbacks=[after_trial],
+                               catch=(Exception,))  # a failing trial is recorded as FAIL; the study goes on
         status = "FINISHED"
+    except Interrupted:
+        status = "KILLED"
+        _requeue_interrupted(study, cfg)
+        raise
     finally:
         tracker.end_study_run(study_run_id, status)
     console.summary(study, _ui_hint(cfg, workdir, tracking_uri, tracker))
     return study
 
 
-def _open_study(cfg: StudyConfig, storage_url: str) -> optuna.Study:
-    engine_kwargs = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {}
-    storage = optuna.storages.RDBStorage(
-        storage_url, engine_kwargs=engine_kwargs,
-        heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
-    )
-    study = optuna.create_study(study_name=cfg.name, storage=storage, direction="maximize", load_if_exists=True)
-    # Offset the sampler's seed by the trials already there: a continued study must not replay
-    # the random start-up proposals of its first run.
-    seed = cfg.seed + len(study.trials)
-    if cfg.sampler.name == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.n_startup_trials,
-                                             multivariate=True, group=True, constant_liar=True)
-    return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler,
-                             pruner=build_pruner(cfg.pruning.name, cfg.pruning.args))
+def _requeue_interrupted(study: optuna.Study, cfg: StudyConfig) -> None:
+    """The trial stopped by SIGINT/SIGTERM (Optuna marked it FAIL) continues on the next run."""
+    replaced = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        if trial.user_attrs.get("interrupted") and trial.number not in replaced:
+            requeue(study, trial, max_retries=cfg.recovery.max_retries, count_as_retry=False)
+
+
+def _prune_checkpoints(study: optuna.Study, root: Path, keep_best: int) -> None:
+    """Bound disk use: finished trials keep their checkpoints only when among the best `keep_best`."""
+    finished = finished_trials(study)
+    complete = sorted((t for t in finished if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: -t.value)
+    keep = {t.user_attrs.get("checkpoint_key") for t in complete[:keep_best]}
+    for trial in finished:
+        key = trial.user_attrs.get("checkpoint_key")
+        if key is not None and key not in keep:
+            checkpoint.remove(root / key)
 
 
 def _measure_baseline(study, cfg, splits, device, tracker, study_run_id, console) -> None:
@@ -120,25 +140,25 @@ def _measure_baseline(study, cfg, splits, device, tracker, study_run_id, console
                  f"kNN {study.user_attrs['random_init_knn']:.4f}")
 
 
-def _dump_yaml(cfg: StudyConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def _mask(url: str) -> str:
-    """Hide a password in a database URL before it is printed."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
-
-
 def _ui_hint(cfg: StudyConfig, workdir: Path, tracking_uri: str, tracker: Tracker) -> str:
     if cfg.tracking.uri is None:
         command = f"hpsearch ui --workdir {workdir}"
     else:
-        command = f"mlflow ui --backend-store-uri {_mask(tracking_uri)}"
+        command = f"mlflow ui --backend-store-uri {mask(tracking_uri)}"
     return f"\nMLflow UI: {command}\n  then open {tracker.runs_url()}"
+
+
+def resume_study(name: str, *, storage: str | None = None, workdir: str | None = None, **overrides: Any) -> optuna.Study:
+    """Continue study `name` from the config stored with it (no study file needed)."""
+    url = storage or f"sqlite:///{Path(workdir or StudyConfig.model_fields['workdir'].default).resolve() / 'optuna.db'}"
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise StudyFileError(f"{mask(url)}: no Optuna storage here; pass --workdir or --storage")
+    summaries = optuna.get_all_study_summaries(storage=url, include_best_trial=False)
+    match = next((s for s in summaries if s.study_name == name), None)
+    if match is None:
+        known = ", ".join(s.study_name for s in summaries) or "none"
+        raise StudyFileError(f"{mask(url)}: no study named {name!r} (studies there: {known})")
+    stored = match.user_attrs.get("hpsearch_config")
+    if stored is None:
+        raise StudyFileError(f"study {name!r} was not created by hpsearch: run it with its study file instead")
+    return run_study(stored, storage=storage, workdir=workdir or stored["workdir"], **overrides)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hpsearch.backbones import BACKBONES
+from hpsearch.backbones import BACKBONES, check_patch_size
 from hpsearch.data import DATASETS
 from hpsearch.pruners import build_pruner, pruner_names
 from objectives import METHODS
@@ -36,17 +36,40 @@ def _one_of(name: str, value: str, known) -> str:
 
 
 class DataConfig(Section):
-    dataset: str = Field("digits", description="dataset name")
+    """Where the images come from and how they are split (see hpsearch/data.py for the sources)."""
+
+    dataset: str = Field("digits", description="source name, case-insensitive: digits, cifar10, cifar100, stl10, "
+                                                "svhn, mnist, fashion_mnist or imagefolder")
+    root: str | None = Field(None, description="folder holding the dataset's files, relative to the working "
+                                               "directory; required by every source but digits")
+    download: bool = Field(False, description="let torchvision download a missing dataset into root")
+    cache_dir: str | None = Field(None, description="where decoded uint8 tensors are cached across trials and runs; "
+                                                    "null = $HPSEARCH_CACHE, else ~/.cache/hpsearch")
     image_size: int = Field(16, gt=0, description="images are resized to image_size x image_size once, at load")
-    eval_size: int = Field(400, gt=0, description="held-out images the final metric is measured on")
+    eval_size: int | None = Field(None, gt=0, description="held-out images the final metric is measured on, a stratified "
+                                                          "subset of the test split; null = all of it (digits, which "
+                                                          "has no test split, then holds out 400 of its 1,797)")
     probe_size: int = Field(500, gt=1, description="labelled images for the kNN proxy and the linear probe")
-    pretrain_size: int | None = Field(None, gt=0, description="unlabelled pretraining images; null = all but eval")
+    pretrain_size: int | None = Field(None, gt=0, description="unlabelled pretraining images; null = all of train "
+                                                              "(+ unlabeled), or for digits all but eval")
     split_seed: int = Field(0, description="seed of the stratified splits (fixed across trials)")
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        return _one_of("dataset", value, DATASETS)
+        return _one_of("dataset", value.lower(), DATASETS)
+
+    @model_validator(mode="after")
+    def _fits_the_source(self) -> "DataConfig":
+        source = DATASETS[self.dataset]
+        if source.needs_root and self.root is None:
+            raise FieldError("data.root", f"required for dataset {self.dataset!r}; expected a folder holding "
+                                          f"{source.layout('<root>')}")
+        if self.download and not source.can_download:
+            raise FieldError("data.download", f"dataset {self.dataset!r} cannot be downloaded; expected false")
+        if self.eval_size is None and not source.has_test_split:
+            self.eval_size = 400  # 22% of digits' 1,797 images (the value before test splits existed)
+        return self
 
 
 class ProjectorConfig(Section):
@@ -55,8 +78,15 @@ class ProjectorConfig(Section):
 
 
 class ModelConfig(Section):
-    backbone: str = "small_cnn"
-    width: int = Field(16, gt=0, description="channel width of the first block")
+    """The backbone and its settings; each backbone reads only its own fields and ignores the others
+    (so a study can search over backbones with one fixed `model` section)."""
+
+    backbone: str = Field("small_cnn", description="a registered backbone: small_cnn, resnet18/34/50, vit_tiny, vit_small")
+    width: int = Field(16, gt=0, description="small_cnn only: channel width of the first block (ResNet and ViT ignore it)")
+    cifar_stem: bool | None = Field(None, description="ResNet only: 3x3 stride-1 conv1 and no max-pool (solo-learn's "
+                                                      "CIFAR stem); null = when data.image_size <= 64")
+    patch_size: int = Field(4, gt=0, description="ViT only: side of the square patches; must divide data.image_size "
+                                                 "(4 gives 64 tokens at 32 px)")
     projector: ProjectorConfig = ProjectorConfig()
 
     @field_validator("backbone")
@@ -70,10 +100,12 @@ ObjectiveConfig = Annotated[Union[tuple(m.Config for m in METHODS.values())], Fi
 
 
 class OptimizerConfig(Section):
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adamw", "lars"] = "sgd"
     lr: float = Field(0.3, gt=0, description="learning rate per 256 images; scaled by batch_size / 256")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by adamw)")
-    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD and LARS momentum (ignored by adamw)")
+    weight_decay: float = Field(5e-4, ge=0, description="not applied to biases and norm parameters")
+    eta: float = Field(0.02, gt=0, description="lars only: trust coefficient of the layer-wise lr (solo-learn's 0.02)")
+    clip_lr: bool = Field(True, description="lars only: a layer's adapted lr never exceeds the global lr (LARC clipping)")
 
 
 class TrainingConfig(Section):
@@ -153,6 +185,17 @@ class TrackingConfig(Section):
     experiment: str | None = Field(None, description="MLflow experiment; null = the study name")
 
 
+class RecoveryConfig(Section):
+    """Checkpoints and crash recovery: a killed worker costs at most the work since its last checkpoint."""
+
+    checkpoint_every: int = Field(1, gt=0, description="epochs between checkpoints of a running trial")
+    checkpoint_dir: str | None = Field(None, description="null = <workdir>/checkpoints; a shared path for many machines")
+    keep_best: int = Field(3, ge=0, description="finished trials keep their last checkpoint only if among the best k")
+    heartbeat_interval: int = Field(30, gt=0, description="seconds between a running trial's heartbeats")
+    grace_period: int = Field(120, gt=0, description="seconds without heartbeat before a trial counts as dead")
+    max_retries: int = Field(2, ge=0, description="retries of a trial whose worker died or was interrupted")
+
+
 class ParamSpec(Section):
     """One searched hyperparameter. The key in `search_space` is the dotted path it overrides."""
 
@@ -203,6 +246,7 @@ class StudyConfig(Section):
     sampler: SamplerConfig = SamplerConfig()
     pruning: PruningConfig = PruningConfig()
     tracking: TrackingConfig = TrackingConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
 
     @model_validator(mode="after")
     def _evaluates_within_budget(self) -> "StudyConfig":
@@ -211,4 +255,9 @@ class StudyConfig(Section):
                 "evaluation.eval_every",
                 f"expected at most training.epochs ({self.training.epochs}), got {self.evaluation.eval_every}",
             )
+        if self.model.backbone.startswith("vit"):
+            try:
+                check_patch_size(self.model, self.data.image_size)
+            except ValueError as err:
+                raise FieldError("model.patch_size", str(err).removeprefix("model.patch_size: ")) from None
         return self

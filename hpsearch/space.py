@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from hpsearch.schema import FieldError, ParamSpec, StudyConfig
 
 # Fields that define the study rather than a trial: searching them makes no sense.
-NOT_SEARCHABLE = ("name", "n_trials", "workdir", "storage", "search_space", "sampler", "pruning", "tracking")
+NOT_SEARCHABLE = ("name", "n_trials", "workdir", "storage", "search_space", "sampler", "pruning", "tracking", "recovery")
 
 
 def set_path(tree: dict, path: str, value: Any) -> None:

@@ -8,11 +8,13 @@ each on a SQLite backend.
 from __future__ import annotations
 
 import time
+import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 # Optuna state -> MLflow run status, so the runs table says what happened to each trial.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for params (and tags) in one log_batch
 MAX_PARAM_CHARS = 6000
@@ -69,6 +71,18 @@ class Tracker:
         trial_run.log_params({"trial_number": trial_number, **params})
         return trial_run
 
+    def continue_trial_run(self, run_id: str, trial_number: int) -> "TrialRun":
+        """Reopen the run of a trial that a retry continues: later steps append to its history."""
+        from mlflow.entities import RunTag
+
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.log_batch(run_id, tags=[RunTag("optuna.state", "RUNNING"),
+                                            RunTag("hpsearch.continued_by_trial", str(trial_number))])
+        return TrialRun(self.client, run_id)
+
+    def trial_run_by_id(self, run_id: str) -> "TrialRun":
+        return TrialRun(self.client, run_id)
+
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         log_metrics(self.client, run_id, metrics, step)
 
@@ -91,10 +105,18 @@ def log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> No
 
 
 class TrialRun:
-    """The child run of one trial."""
+    """The child run of one trial.
+
+    Metric writes that fail (backend unreachable or locked) are kept in a bounded buffer and
+    written, in order, by the next call that gets through: training never waits for MLflow.
+    """
+
+    MAX_BUFFERED = 100_000  # epochs' worth of metric batches; beyond it the oldest are dropped
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
+        self.pending: deque[tuple[dict[str, float], int]] = deque(maxlen=self.MAX_BUFFERED)
+        self.warned = False
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -104,10 +126,36 @@ class TrialRun:
             self.client.log_batch(self.run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        log_metrics(self.client, self.run_id, metrics, step)
+        self.pending.append((metrics, step))
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write buffered metrics; True when nothing is left pending."""
+        while self.pending:
+            metrics, step = self.pending[0]
+            try:
+                log_metrics(self.client, self.run_id, metrics, step)
+            except Exception as err:  # MLflow raises many types for a locked or unreachable backend
+                if not self.warned:
+                    warnings.warn(f"MLflow unavailable ({type(err).__name__}: {str(err)[:200]}); "
+                                  "buffering metrics until it is back", stacklevel=2)
+                    self.warned = True
+                return False
+            self.pending.popleft()
+        if self.warned:
+            warnings.warn("MLflow is back; buffered metrics written", stacklevel=2)
+            self.warned = False
+        return True
+
+    def logged_steps(self, metric: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, metric)}
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
 
     def finish(self, state: str, reason: str | None = None, pruned_epoch: int | None = None) -> None:
-        """Tag the Optuna outcome and end the run with the matching MLflow status."""
+        """Tag the Optuna outcome and end the run with the matching MLflow status, after writing
+        what is buffered (retried with backoff for about half a minute)."""
         from mlflow.entities import RunTag
 
         tags = {"optuna.state": state}
@@ -115,5 +163,21 @@ class TrialRun:
             tags["hpsearch.reason"] = reason[:MAX_PARAM_CHARS]
         if pruned_epoch is not None:
             tags["hpsearch.pruned_epoch"] = str(pruned_epoch)
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.client.set_terminated(self.run_id, status=RUN_STATUS[state])
+        with_backoff(self.flush_or_raise)
+        with_backoff(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+        with_backoff(lambda: self.client.set_terminated(self.run_id, status=RUN_STATUS[state]))
+
+    def flush_or_raise(self) -> None:
+        if not self.flush():
+            raise ConnectionError("MLflow still unavailable")
+
+
+def with_backoff(action, attempts: int = 6, first_delay: float = 0.5):
+    """Run `action`, retrying transient failures with exponential backoff (0.5 s, 1 s, 2 s, ...)."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(first_delay * 2**attempt)

@@ -1,22 +1,30 @@
-"""One Optuna trial: sample, pretrain with the proxy reported each evaluation, then the delayed metric."""
+"""One Optuna trial: sample, pretrain with the proxy reported each evaluation, then the delayed metric.
+
+A trial that is a retry (its worker died or was interrupted) continues from the last checkpoint
+of the trial it replaces and appends to the same MLflow run, so each epoch is recorded once.
+"""
 
 from __future__ import annotations
 
 import traceback
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import optuna
 import torch
 
+from hpsearch import checkpoint
 from hpsearch.data import Splits
+from hpsearch.interrupt import Interrupted, StopRequest
 from hpsearch.pretrain import Diverged, EpochStats, Pretraining
 from hpsearch.schema import StudyConfig
 from hpsearch.space import sample, with_values
-from hpsearch.tracking import Tracker, flatten
+from hpsearch.tracking import Tracker, TrialRun, flatten
 
 # Config fields that are not hyperparameters (and may carry credentials): never logged as params.
-NOT_PARAMS = ("name", "n_trials", "workdir", "storage", "search_space", "tracking")
+NOT_PARAMS = ("name", "n_trials", "workdir", "storage", "search_space", "tracking", "recovery")
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -39,58 +47,119 @@ class TrialContext:
     device: torch.device
     tracker: Tracker
     study_run_id: str
+    checkpoint_root: Path
+    stop: StopRequest
     on_epoch: Callable[[int, EpochStats, float | None], None]
+    say: Callable[[str], None]
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     """The Optuna objective. Ends the trial's MLflow run with the state Optuna will record."""
     values = sample(trial, ctx.cfg.search_space)
     cfg = with_values(ctx.cfg, values)
-    run = ctx.tracker.trial_run(ctx.study_run_id, trial.number, trial_params(cfg), searched=list(values))
-    trial.set_user_attr("mlflow_run_id", run.run_id)
+    run = _open_run(trial, cfg, ctx, searched=list(values))
     try:
         value = _train_and_evaluate(trial, cfg, ctx, run)
     except optuna.TrialPruned as pruned:
         run.finish("PRUNED", reason=str(pruned), pruned_epoch=trial.user_attrs.get("epochs_trained"))
         raise
-    except Exception as err:
-        reason = f"{type(err).__name__}: {err}"
-        trial.set_user_attr("reason", reason)
-        ctx.tracker.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
-        run.finish("FAIL", reason=reason)
+    except Interrupted:
+        trial.set_user_attr("interrupted", True)
+        run.finish("INTERRUPTED", reason="interrupted; continues when the study is run again")
         raise
-    except BaseException:  # Ctrl-C or SystemExit: the run did not finish on its own
-        run.finish("FAIL", reason="interrupted")
+    except Exception as err:
+        reason = "oom" if _is_out_of_memory(err) else f"{type(err).__name__}: {err}"
+        trial.set_user_attr("reason", reason)
+        run.log_text(traceback.format_exc(), "traceback.txt")
+        run.finish("FAIL", reason=reason)
         raise
     run.finish("COMPLETE")
     return value
 
 
-def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, run) -> float:
-    session = Pretraining(cfg, ctx.splits, ctx.device, trial_seed(cfg.seed, trial.number))
+def _open_run(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, searched: list[str]) -> TrialRun:
+    """A retry continues the MLflow run of the trial it replaces; a new trial starts one."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id is not None:
+        return ctx.tracker.continue_trial_run(run_id, trial.number)
+    run = ctx.tracker.trial_run(ctx.study_run_id, trial.number, trial_params(cfg), searched)
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    trial.set_user_attr("checkpoint_key", f"trial-{trial.number}")
+    trial.set_user_attr("seed", trial_seed(cfg.seed, trial.number))
+    return run
+
+
+def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, run: TrialRun) -> float:
+    session = Pretraining(cfg, ctx.splits, ctx.device, trial.user_attrs["seed"])
+    directory = ctx.checkpoint_root / trial.user_attrs["checkpoint_key"]
+    history: list[dict] = []  # one entry of metrics per finished epoch, kept in checkpoints
+
+    def save() -> None:
+        checkpoint.save(directory, session.epoch, session.scheduler.last_epoch,
+                        {"training": session.state_dict(), "history": history})
+
+    state = checkpoint.load_latest(directory, map_location=ctx.device)
+    if state is not None:
+        session.load_state_dict(state["training"])
+        history = state["history"]
+        _catch_up(trial, run, history)
+        ctx.say(f"trial {trial.number}: continuing trial {trial.user_attrs.get('retry_of')} from its checkpoint "
+                f"at epoch {session.epoch}, step {session.scheduler.last_epoch}")
+
     epochs, every = cfg.training.epochs, cfg.evaluation.eval_every
-    for epoch in range(1, epochs + 1):
+    while session.epoch < epochs:
         try:
-            stats = session.train_epoch()
+            stats = session.train_epoch(ctx.stop)
+        except Interrupted:
+            save()
+            raise
         except Diverged as err:
-            _stop(trial, epoch, f"diverged: {err}")
+            _stop(trial, session.epoch, f"diverged: {err}")
+        epoch = stats.epoch
         trial.set_user_attr("epochs_trained", epoch)
         metrics = {"ssl_loss": stats.ssl_loss, "lr": stats.lr, "epoch_time_s": stats.epoch_time}
-        knn = None
         if epoch % every == 0 or epoch == epochs:
-            knn = session.knn_proxy()
-            metrics["knn_accuracy"] = knn
-            trial.report(knn, epoch)
+            metrics["knn_accuracy"] = session.knn_proxy()
+        history.append({"epoch": epoch, **metrics})
+        # Checkpoint before recording: a worker killed in between re-records from the history
+        # (_catch_up), instead of recording an epoch it will train again.
+        if epoch % cfg.recovery.checkpoint_every == 0 or epoch == epochs:
+            save()
         run.log_metrics(metrics, step=epoch)
+        knn = metrics.get("knn_accuracy")
+        if knn is not None:
+            trial.report(knn, epoch)
         ctx.on_epoch(trial.number, stats, knn)
         if knn is not None and epoch < epochs and epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
             _stop(trial, epoch, f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
+        ctx.stop.check()
     accuracy = session.linear_probe()
     run.log_metrics({"linear_probe_accuracy": accuracy}, step=epochs)
     return accuracy
+
+
+def _catch_up(trial: optuna.Trial, run: TrialRun, history: list[dict]) -> None:
+    """Record the checkpointed epochs the dead worker had not recorded yet: each exactly once."""
+    logged = run.logged_steps("ssl_loss")
+    for entry in history:
+        metrics = {k: v for k, v in entry.items() if k != "epoch"}
+        if entry["epoch"] not in logged:
+            run.log_metrics(metrics, step=entry["epoch"])
+        if "knn_accuracy" in metrics:
+            with warnings.catch_warnings():  # steps the retry inherited are ignored by Optuna, as wanted
+                warnings.simplefilter("ignore")
+                trial.report(metrics["knn_accuracy"], entry["epoch"])
 
 
 def _stop(trial: optuna.Trial, epoch: int, reason: str):
     trial.set_user_attr("reason", reason)
     trial.set_user_attr("epochs_trained", epoch)
     raise optuna.TrialPruned(reason)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """CUDA OOM, or an allocation failure on the CPU (torch raises RuntimeError, Python MemoryError)."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

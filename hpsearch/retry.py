@@ -1,0 +1,38 @@
+"""Retrying a trial whose worker died or was interrupted, and counting trials with retries in mind.
+
+A retry is a new Optuna trial (WAITING, picked up by the next worker that asks) with the same
+params, the reported curve and the user attrs of the trial it replaces, so it continues from that
+trial's checkpoint and MLflow run. Optuna 5 has no `Trial.system_attrs`, so the link lives in
+user attrs: `retry_of` (the trial replaced) and `retries` (crash retries so far).
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int, count_as_retry: bool) -> bool:
+    """Queue a retry of `trial`; False when it has used up its retries. A graceful interrupt is not
+    counted as a retry: the configuration did nothing wrong."""
+    retries = trial.user_attrs.get("retries", 0) + int(count_as_retry)
+    if retries > max_retries:
+        return False
+    study.add_trial(optuna.create_trial(
+        state=TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs={**trial.user_attrs, "retry_of": trial.number, "retries": retries},
+        intermediate_values=trial.intermediate_values,
+    ))
+    return True
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials that count toward `n_trials`: a failed trial that was retried does not count,
+    its retry does (once it finishes)."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return [t for t in trials if t.state in FINISHED and t.number not in replaced]

@@ -1,0 +1,53 @@
+"""The config a study was created with, kept in the study itself so that `hpsearch resume NAME`
+needs no YAML, and so that a changed study file cannot silently change a running search."""
+
+from __future__ import annotations
+
+import difflib
+
+import optuna
+import yaml
+
+from hpsearch.schema import StudyConfig
+from hpsearch.tracking import flatten
+
+CONFIG_ATTR = "hpsearch_config"
+# Sections whose change alters what is searched or how trials are scored. Budget fields such as
+# n_trials, the work dir, storage, tracking and recovery settings may change freely.
+SEARCH_DEFINING = ("seed", "data", "model", "objective", "augment", "training", "evaluation",
+                   "search_space", "sampler", "pruning")
+
+
+class ConfigChanged(Exception):
+    """The study file changes the search of an existing study; str(err) holds a readable diff."""
+
+
+def store_config(study: optuna.Study, cfg: StudyConfig, text: str | None) -> None:
+    study.set_user_attr(CONFIG_ATTR, cfg.model_dump(mode="json"))
+    study.set_user_attr("hpsearch_config_yaml", _yaml(cfg.model_dump(mode="json")))
+
+
+def stored_config(study: optuna.Study) -> dict | None:
+    return study.user_attrs.get(CONFIG_ATTR)
+
+
+def check_unchanged(study: optuna.Study, cfg: StudyConfig, force: bool) -> None:
+    """Raise ConfigChanged when `cfg` differs from the stored config in a search-defining section."""
+    stored = stored_config(study)
+    if stored is None or force:
+        return
+    old = {k: stored.get(k) for k in SEARCH_DEFINING}
+    new = {k: v for k, v in cfg.model_dump(mode="json").items() if k in SEARCH_DEFINING}
+    if old == new:
+        return
+    # One "path: value" line per field, so each changed line names its field in full.
+    old_lines, new_lines = ([f"{k}: {v!r}" for k, v in flatten(tree).items()] for tree in (old, new))
+    diff = difflib.unified_diff(old_lines, new_lines, "stored with the study", "this study file", lineterm="", n=0)
+    raise ConfigChanged(
+        f"study {cfg.name!r} exists with a different search; rerun with --force to continue it anyway, "
+        "or give the study a new name:\n" + "\n".join(diff)
+    )
+
+
+def _yaml(tree: dict) -> str:
+    return yaml.safe_dump(tree, sort_keys=False)
