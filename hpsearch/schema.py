@@ -242,7 +242,8 @@ class StudyConfig(Section):
     augment: AugmentConfig = AugmentConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
-    search_space: dict[str, ParamSpec] = Field(default_factory=dict)
+    search_space: dict[str, ParamSpec] | None = Field(
+        None, description="searched fields by dotted path; null = the method's default search space")
     sampler: SamplerConfig = SamplerConfig()
     pruning: PruningConfig = PruningConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -250,6 +251,12 @@ class StudyConfig(Section):
 
     @model_validator(mode="after")
     def _evaluates_within_budget(self) -> "StudyConfig":
+        if self.search_space is None:
+            method = METHODS[self.objective.method]
+            self.search_space = {path: ParamSpec(**spec) for path, spec in method.search_space.items()}
+        if not self.search_space:
+            raise FieldError("search_space", "expected at least one parameter to search "
+                             "(omit search_space to use the method's default space)")
         if self.evaluation.eval_every > self.training.epochs:
             raise FieldError(
                 "evaluation.eval_every",

@@ -44,7 +44,7 @@ def set_path(tree: dict, path: str, value: Any) -> None:
 def with_values(cfg: StudyConfig, values: dict[str, Any]) -> StudyConfig:
     """The config of one trial: `cfg` with `values` set at their paths, validated again."""
     tree = cfg.model_dump()
-    tree["search_space"] = {}
+    del tree["search_space"]  # a trial's config samples nothing itself
     method = values.get("objective.method")
     if method is not None and method != tree["objective"]["method"]:
         # The study's settings for one method do not apply to another: a sampled method starts

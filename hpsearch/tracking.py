@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections import deque
 from pathlib import Path
 from typing import Any
+
+from hpsearch.metric_writer import MetricWriter
 
 # Optuna state -> MLflow run status, so the runs table says what happened to each trial.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
@@ -97,26 +98,22 @@ class Tracker:
         return f"{host}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
 
 
-def log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
+def log_metrics(client, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    stamp = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
 
 
 class TrialRun:
-    """The child run of one trial.
+    """The child run of one trial. Metrics go through a background MetricWriter: a locked or
+    unreachable backend delays them but never stops training or loses them."""
 
-    Metric writes that fail (backend unreachable or locked) are kept in a bounded buffer and
-    written, in order, by the next call that gets through: training never waits for MLflow.
-    """
-
-    MAX_BUFFERED = 100_000  # epochs' worth of metric batches; beyond it the oldest are dropped
+    DRAIN_TIMEOUT_S = 300  # how long the end of a trial waits for MLflow to take its metrics
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
-        self.pending: deque[tuple[dict[str, float], int]] = deque(maxlen=self.MAX_BUFFERED)
-        self.warned = False
+        self.writer = MetricWriter(lambda metrics, step, stamp: log_metrics(client, run_id, metrics, step, stamp))
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -126,50 +123,28 @@ class TrialRun:
             self.client.log_batch(self.run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.pending.append((metrics, step))
-        self.flush()
-
-    def flush(self) -> bool:
-        """Write buffered metrics; True when nothing is left pending."""
-        while self.pending:
-            metrics, step = self.pending[0]
-            try:
-                log_metrics(self.client, self.run_id, metrics, step)
-            except Exception as err:  # MLflow raises many types for a locked or unreachable backend
-                if not self.warned:
-                    warnings.warn(f"MLflow unavailable ({type(err).__name__}: {str(err)[:200]}); "
-                                  "buffering metrics until it is back", stacklevel=2)
-                    self.warned = True
-                return False
-            self.pending.popleft()
-        if self.warned:
-            warnings.warn("MLflow is back; buffered metrics written", stacklevel=2)
-            self.warned = False
-        return True
+        self.writer.put(metrics, step)
 
     def logged_steps(self, metric: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, metric)}
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        with_backoff(lambda: self.client.log_text(self.run_id, text, name))
 
     def finish(self, state: str, reason: str | None = None, pruned_epoch: int | None = None) -> None:
-        """Tag the Optuna outcome and end the run with the matching MLflow status, after writing
-        what is buffered (retried with backoff for about half a minute)."""
+        """Write what is queued, tag the Optuna outcome and end the run with the matching status."""
         from mlflow.entities import RunTag
 
+        unwritten = self.writer.close(self.DRAIN_TIMEOUT_S)
+        if unwritten:
+            warnings.warn(f"MLflow run {self.run_id}: {unwritten} metric batches could not be written")
         tags = {"optuna.state": state}
         if reason:
             tags["hpsearch.reason"] = reason[:MAX_PARAM_CHARS]
         if pruned_epoch is not None:
             tags["hpsearch.pruned_epoch"] = str(pruned_epoch)
-        with_backoff(self.flush_or_raise)
         with_backoff(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
         with_backoff(lambda: self.client.set_terminated(self.run_id, status=RUN_STATUS[state]))
-
-    def flush_or_raise(self) -> None:
-        if not self.flush():
-            raise ConnectionError("MLflow still unavailable")
 
 
 def with_backoff(action, attempts: int = 6, first_delay: float = 0.5):

@@ -64,8 +64,8 @@ class DINOHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
-                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
+                                 nn.BatchNorm1d(hidden_dim), nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
         self.prototypes = nn.Linear(bottleneck_dim, out_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -38,6 +38,12 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 class SimCLR(SSLMethod):
     name = "simclr"
     Config = SimCLRConfig
+    # GUIDE ranges at CIFAR scale; lr is per 256 images for the default SGD optimiser.
+    search_space = {
+        "training.optimizer.lr": {"type": "float", "low": 0.03, "high": 3.0, "log": True},
+        "objective.temperature": {"type": "float", "low": 0.07, "high": 0.5, "log": True},
+        "augment.crop_scale.0": {"type": "float", "low": 0.08, "high": 0.35},
+    }
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg: SimCLRConfig, projector):
         super().__init__(backbone, feature_dim)

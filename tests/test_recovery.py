@@ -145,3 +145,34 @@ def test_divergence_prunes_and_out_of_memory_fails_while_the_study_goes_on(tmp_p
     oom_run = client.get_run(oom.user_attrs["mlflow_run_id"])
     assert oom_run.info.status == "FAILED" and oom_run.data.tags["hpsearch.reason"] == "oom"
     assert "traceback.txt" in [a.path for a in client.list_artifacts(oom_run.info.run_id)]
+
+
+def test_locked_mlflow_backend_buffers_metrics_and_loses_nothing(tmp_path, mlflow_client):
+    import sqlite3
+
+    cfg = tiny_study(tmp_path / "runs", name="locked", **{**RESUMABLE, "training.epochs": 8})
+    path = tmp_path / "locked.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    worker = start(path)
+    checkpoints = tmp_path / "runs" / "checkpoints" / "locked" / "trial-0"
+    wait_for_checkpoint(checkpoints, worker, epoch=1)
+    # Another process holds the MLflow database locked for longer than MLflow's 20 s busy
+    # timeout, as a stuck writer would: training must go on, and the metrics follow later.
+    lock = sqlite3.connect(tmp_path / "runs" / "mlflow.db", timeout=30)
+    lock.execute("BEGIN EXCLUSIVE")
+    locked_at = time.time()
+    time.sleep(25)
+    while newest_epoch(checkpoints) < 8 and time.time() - locked_at < 180:
+        time.sleep(0.2)
+    assert newest_epoch(checkpoints) == 8  # training reached its end while MLflow was locked
+    lock.rollback()
+    lock.close()
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err
+    assert "MLflow unavailable" in err and "buffered metrics written" in err
+
+    client = mlflow_client(tmp_path / "runs")
+    (run,) = trial_runs(client, "locked")
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "ssl_loss"))
+    assert steps == list(range(1, 9))  # every epoch once: nothing lost, nothing doubled

@@ -26,6 +26,9 @@ CASES = [
     ("name: x\nmodel:\n  backbone: vgg\n", ["model.backbone", "unknown backbone 'vgg'", "small_cnn"]),
     ("name: x\nevaluation: {eval_every: 20}\ntraining: {epochs: 3}\n", ["evaluation.eval_every", "at most training.epochs"]),
     ("data: {}\n", ["name", "required"]),
+    ("name: x\nsearch_space: {}\n", ["bad.yaml:2", "search_space", "at least one parameter"]),
+    ("name: x\ntraining:\n  optimizer: {name: adam}\n", ["training.optimizer.name", "'adam'"]),
+    ("name: x\ntraining: {epochs: 0}\n", ["training.epochs", "greater than 0"]),
 ]
 
 
