@@ -54,6 +54,13 @@ class Pretraining:
         backbone, feature_dim = build_backbone(cfg.model, splits.channels, cfg.data.image_size)
         method_cls = METHODS[cfg.objective.method]
         self.method = method_cls(backbone, feature_dim, cfg.objective, cfg.model.projector).to(device)
+        # GPU speed features; on the CPU none of them applies, so CPU results stay bit-exact.
+        on_cuda = device.type == "cuda"
+        self.autocast = on_cuda and cfg.training.precision in ("auto", "bf16")
+        self.memory_format = torch.channels_last if on_cuda else torch.contiguous_format
+        self.method.to(memory_format=self.memory_format)
+        if cfg.training.compile:
+            self.method.backbone.compile()
         n_images = len(splits.pretrain)
         # A batch never exceeds the data, and the last partial batch is dropped: contrastive
         # losses degrade on a tiny batch and every step should cost the same.
@@ -69,7 +76,7 @@ class Pretraining:
     def _normalise(self, views: list[Tensor]) -> list[Tensor]:
         mean = self.splits.mean.view(1, -1, 1, 1)
         std = self.splits.std.view(1, -1, 1, 1)
-        return [(v - mean) / std for v in views]
+        return [((v - mean) / std).contiguous(memory_format=self.memory_format) for v in views]
 
     def train_epoch(self, stop: StopRequest | None = None) -> EpochStats:
         """Train to the end of the current epoch; raises Diverged on a non-finite loss.
@@ -89,7 +96,8 @@ class Pretraining:
         while self._position < self.steps_per_epoch:
             images = self.splits.pretrain[order[self._position * self.batch_size:(self._position + 1) * self.batch_size]]
             views = self.method.make_views(images, self.cfg.augment, size, self.generator)
-            loss = self.method.training_loss(self._normalise(views))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss = self.method.training_loss(self._normalise(views)).float()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

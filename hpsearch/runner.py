@@ -3,7 +3,9 @@ run trials until the study holds `n_trials` finished trials (counted across rest
 
 from __future__ import annotations
 
+import fcntl
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from hpsearch.pretrain import Pretraining, resolve_device
 from hpsearch.retry import finished_trials, requeue
 from hpsearch.schema import StudyConfig
 from hpsearch.storage import connect, mask, open_study
-from hpsearch.studyconfig import check_unchanged, store_config
+from hpsearch.studyconfig import check_unchanged, store_config, without_secrets
 from hpsearch.studyfile import StudyFileError, load_study
 from hpsearch.tracking import Tracker
 from hpsearch.trial import TrialContext, run_trial
@@ -63,12 +65,15 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
     workdir.mkdir(parents=True, exist_ok=True)
     study = open_study(cfg, storage)
     check_unchanged(study, cfg, force)
-    store_config(study, cfg, text)
-    tracker = Tracker(tracking_uri, cfg.tracking.experiment or cfg.name, workdir / "mlartifacts")
-    study_run_id = tracker.study_run(cfg.name, study.user_attrs.get("mlflow_study_run_id"))
-    study.set_user_attr("mlflow_study_run_id", study_run_id)
+    store_config(study, cfg)
+    # Workers starting together on one machine: creating a SQLite MLflow backend races, and the
+    # study's parent run must be created once, so both happen under a lock in the work dir.
+    with _locked(workdir / ".hpsearch.lock"):
+        tracker = Tracker(tracking_uri, cfg.tracking.experiment or cfg.name, workdir / "mlartifacts")
+        study_run_id = tracker.study_run(cfg.name, study.user_attrs.get("mlflow_study_run_id"))
+        study.set_user_attr("mlflow_study_run_id", study_run_id)
     if text is not None:
-        tracker.log_text(study_run_id, text, f"study/{Path(str(source)).name}")
+        tracker.log_text(study_run_id, without_secrets(text, cfg), f"study/{Path(str(source)).name}")
     tracker.log_text(study_run_id, study.user_attrs["hpsearch_config_yaml"], "study/resolved_config.yaml")
     optuna.storages.fail_stale_trials(study)  # queue retries of dead trials before counting
 
@@ -107,6 +112,16 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
         tracker.end_study_run(study_run_id, status)
     console.summary(study, _ui_hint(cfg, workdir, tracking_uri, tracker))
     return study
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _requeue_interrupted(study: optuna.Study, cfg: StudyConfig) -> None:
@@ -161,4 +176,7 @@ def resume_study(name: str, *, storage: str | None = None, workdir: str | None =
     stored = match.user_attrs.get("hpsearch_config")
     if stored is None:
         raise StudyFileError(f"study {name!r} was not created by hpsearch: run it with its study file instead")
+    if "***" in (stored["tracking"]["uri"] or "") and overrides.get("tracking_uri") is None:
+        raise StudyFileError(f"study {name!r} tracks to {stored['tracking']['uri']}: pass --tracking-uri "
+                             "with its password (passwords are never stored)")
     return run_study(stored, storage=storage, workdir=workdir or stored["workdir"], **overrides)

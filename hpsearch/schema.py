@@ -114,6 +114,9 @@ class TrainingConfig(Section):
     warmup_epochs: int = Field(0, ge=0, description="linear lr warm-up, then cosine decay to 0")
     optimizer: OptimizerConfig = OptimizerConfig()
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto = cuda if present")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast applies on CUDA only (auto and bf16); the CPU always trains in fp32")
+    compile: bool = Field(False, description="torch.compile the backbone (pays off on long GPU runs)")
 
 
 class AugmentConfig(Section):

@@ -9,6 +9,7 @@ import optuna
 import yaml
 
 from hpsearch.schema import StudyConfig
+from hpsearch.storage import mask
 from hpsearch.tracking import flatten
 
 CONFIG_ATTR = "hpsearch_config"
@@ -22,9 +23,21 @@ class ConfigChanged(Exception):
     """The study file changes the search of an existing study; str(err) holds a readable diff."""
 
 
-def store_config(study: optuna.Study, cfg: StudyConfig, text: str | None) -> None:
-    study.set_user_attr(CONFIG_ATTR, cfg.model_dump(mode="json"))
-    study.set_user_attr("hpsearch_config_yaml", _yaml(cfg.model_dump(mode="json")))
+def store_config(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Keep the config in the study, with any password in the storage or tracking URL masked."""
+    tree = cfg.model_dump(mode="json")
+    tree["storage"] = cfg.storage and mask(cfg.storage)
+    tree["tracking"]["uri"] = cfg.tracking.uri and mask(cfg.tracking.uri)
+    study.set_user_attr(CONFIG_ATTR, tree)
+    study.set_user_attr("hpsearch_config_yaml", _yaml(tree))
+
+
+def without_secrets(text: str, cfg: StudyConfig) -> str:
+    """The study file's text with the passwords of its URLs masked, fit to be stored as an artifact."""
+    for url in (cfg.storage, cfg.tracking.uri):
+        if url:
+            text = text.replace(url, mask(url))
+    return text
 
 
 def stored_config(study: optuna.Study) -> dict | None:
