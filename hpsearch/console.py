@@ -41,8 +41,9 @@ class Console:
         if not self.live:
             return
         proxy = f"  kNN {knn:.3f}" if knn is not None else ""
-        text = (f"trial {trial_number}  epoch {stats.epoch}/{self.epochs}  loss {stats.ssl_loss:.3f}{proxy}"
-                f"  |  {self.status}")
+        text = f"trial {trial_number}  epoch {stats.epoch}/{self.epochs}  loss {stats.ssl_loss:.3f}{proxy}"
+        if self.status:
+            text += f"  |  {self.status}"
         self.stream.write("\r\033[K" + text[:200])
         self.stream.flush()
 

@@ -1,25 +1,8 @@
-"""Datasets by the name study files use (`data.dataset`) and the three splits a study needs.
-
-A study sees its data as three splits: an unlabelled pretraining set (labels never used), a small
-labelled probe set (for the kNN proxy and for training the final linear probe) and a held-out
-evaluation set (only the final metric is measured on it). Images stay uint8 until augmentation.
-
-Sources (`DATASETS`, keyed by the lower-case name a study file writes):
-- `digits`: scikit-learn's scans; no test split, so eval is held out of the one pool.
-- torchvision datasets (`cifar10`, `cifar100`, `stl10`, `svhn`, `mnist`, `fashion_mnist`), read
-  from `data.root` and downloaded there only when `data.download` is true.
-- `imagefolder`: `root/train/<class>/*`, `root/test/<class>/*` and optionally `root/unlabeled/**`.
-A source with a test split gives eval from test, probe from train, pretraining from train plus its
-unlabelled split. Its splits are decoded once per image size and cached on disk as uint8 tensors.
-"""
+"""Sources: where a dataset's files are, how to check them and how to decode one split."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,33 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
-CACHE_FORMAT = 1  # part of every cache key: bump it when what a cache file holds changes
 
-
-@dataclass
-class Splits:
-    pretrain: Tensor  # [N, C, H, W] uint8, unlabelled
-    probe_images: Tensor  # [P, C, H, W] uint8
-    probe_labels: Tensor  # [P] int64
-    eval_images: Tensor  # [E, C, H, W] uint8
-    eval_labels: Tensor  # [E] int64
-    mean: Tensor  # [C] per-channel mean of the pretraining images in [0, 1]
-    std: Tensor  # [C]
-
-    @property
-    def channels(self) -> int:
-        return self.pretrain.shape[1]
-
-    @property
-    def num_classes(self) -> int:
-        return int(torch.cat([self.probe_labels, self.eval_labels]).max()) + 1
-
-    def to(self, device) -> "Splits":
-        return Splits(**{k: v.to(device) for k, v in vars(self).items()})
-
-
-# ----------------------------------------------------------------------------------------------
-# Sources: where a dataset's files are, how to check them and how to decode one split.
 
 
 class Source:
@@ -123,7 +80,7 @@ class Torchvision(Source):
                 self._dataset(root, split, download=True)
             except Exception as err:  # urllib, checksum and archive errors all end here
                 raise ValueError(f"data.download: could not download {self.title} from {self._url(split)} into {root} "
-                                 f"({type(err).__name__}: {_first_line(err)})") from None
+                                 f"({type(err).__name__}: {first_line(err)})") from None
         if not _present(expected):
             raise ValueError(f"data.root: no {self.title} data under {root} (expected {expected}); "
                              f"download it with data.download: true or point data.root at it")
@@ -133,7 +90,7 @@ class Torchvision(Source):
         try:
             dataset = self._dataset(root, split, download=False)
         except Exception as err:  # torchvision's "Dataset not found or corrupted", unreadable files
-            raise ValueError(f"data.root: cannot read {self.title} {split} data under {root} ({_first_line(err)}); "
+            raise ValueError(f"data.root: cannot read {self.title} {split} data under {root} ({first_line(err)}); "
                              f"expected the files torchvision downloads, e.g. with data.download: true") from None
         images = torch.as_tensor(np.asarray(dataset.data))
         if images.ndim == 3:
@@ -252,7 +209,7 @@ def _fingerprint(files: list[str], base: Path) -> list:
     return [[f[skip:] or os.path.basename(f), s.st_size, s.st_mtime_ns] for f in files for s in [os.stat(f)]]
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
@@ -275,7 +232,7 @@ def _decode(files: list[str], image_size: int) -> Tensor:
                     img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
                 arrays.append(np.asarray(img))
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise ValueError(f"data.root: cannot decode {path} ({_first_line(err)}); expected an image file") from None
+            raise ValueError(f"data.root: cannot decode {path} ({first_line(err)}); expected an image file") from None
     if any(a.ndim == 3 for a in arrays):
         arrays = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
     else:
@@ -292,151 +249,3 @@ def _resize(images: Tensor, image_size: int, chunk: int = 2048) -> Tensor:
     return torch.cat(out)
 
 
-# ----------------------------------------------------------------------------------------------
-# The on-disk cache of decoded splits.
-
-
-def cache_dir(configured: str | None) -> Path:
-    """data.cache_dir, else $HPSEARCH_CACHE, else ~/.cache/hpsearch."""
-    return Path(configured or os.environ.get("HPSEARCH_CACHE") or Path.home() / ".cache" / "hpsearch").expanduser()
-
-
-def cache_path(directory: Path, name: str, root: Path, split: str, image_size: int, fingerprint: list) -> Path:
-    key = json.dumps([CACHE_FORMAT, name, str(root), split, image_size, fingerprint], separators=(",", ":"))
-    return directory / f"{name}-{split}-{image_size}px-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-
-
-def load_split(name: str, root: Path, split: str, image_size: int, *, download: bool, directory: Path) -> tuple[Tensor, Tensor]:
-    """One split of a source, from the cache when an entry for these files and this size exists."""
-    source = DATASETS[name]
-    path = cache_path(directory, name, root, split, image_size, source.check(root, split, download))
-    try:
-        cached = torch.load(path, weights_only=True)
-        return cached["images"], cached["labels"]
-    except FileNotFoundError:
-        pass
-    except Exception as err:  # truncated or foreign file: decode again and overwrite it
-        warnings.warn(f"hpsearch: ignoring unreadable data cache {path} ({_first_line(err)})", stacklevel=2)
-    images, labels = source.read(root, split, image_size)
-    try:
-        _save_atomically({"images": images, "labels": labels}, path)
-    except OSError as err:
-        warnings.warn(f"hpsearch: cannot write the data cache {path} ({err.strerror or err}); continuing without it", stacklevel=2)
-    return images, labels
-
-
-def _save_atomically(obj, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; other users of a shared cache read it too
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# ----------------------------------------------------------------------------------------------
-# Splitting.
-
-
-def stratified_pick(labels: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions 0..len(labels)-1 into (rest, picked) with `size` picked, each class in proportion.
-
-    Per-class quotas use largest remainders, so they sum to exactly `size`.
-    """
-    classes, class_counts = np.unique(labels, return_counts=True)
-    exact = class_counts * size / len(labels)
-    quotas = np.floor(exact).astype(int)
-    quotas[np.argsort(quotas - exact)[: size - quotas.sum()]] += 1
-    picked = np.concatenate([rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quotas)])
-    return np.setdiff1d(np.arange(len(labels)), picked), np.sort(picked)
-
-
-def make_splits(images: Tensor, labels: Tensor, *, probe_size: int, eval_size: int,
-                pretrain_size: int | None, seed: int) -> Splits:
-    """For a source without a test split: eval is held out of everything; probe and pretrain come from the rest.
-
-    The probe set is a labelled subset of the pretraining pool, as in the usual SSL protocol where
-    the encoder has seen the (unlabelled) images the probe is later trained on.
-    """
-    rng = np.random.default_rng(seed)
-    y = labels.numpy()
-    pool, held_out = stratified_pick(y, eval_size, rng)
-    if probe_size >= len(pool):
-        raise ValueError(f"probe_size {probe_size} must be smaller than the {len(pool)} images left after the eval split")
-    _, probe = stratified_pick(y[pool], probe_size, rng)
-    probe = pool[probe]
-    if pretrain_size is not None and pretrain_size < len(pool):
-        pool = np.sort(rng.choice(pool, size=pretrain_size, replace=False))
-    pool, probe, held_out = (torch.from_numpy(i) for i in (pool, probe, held_out))
-    return _splits(images[pool], images[probe], labels[probe], images[held_out], labels[held_out])
-
-
-def make_train_test_splits(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], unlabeled: list[Tensor], *,
-                           probe_size: int, eval_size: int | None, pretrain_size: int | None, seed: int) -> Splits:
-    """For a source with a test split: eval is a stratified subset of test (all of it when eval_size is
-    None), probe a stratified subset of train, pretraining is train plus `unlabeled`, subsampled to
-    pretrain_size. All draws come from one generator seeded with `seed`, in that order."""
-    rng = np.random.default_rng(seed)
-    (train_x, train_y), (test_x, test_y) = train, test
-    held_out = np.arange(len(test_y)) if eval_size is None else stratified_pick(test_y.numpy(), eval_size, rng)[1]
-    probe = torch.from_numpy(stratified_pick(train_y.numpy(), probe_size, rng)[1])
-    channels = max(t.shape[1] for t in (train_x, test_x, *unlabeled))
-    train_x, test_x, *unlabeled = [t.expand(-1, channels, -1, -1) for t in (train_x, test_x, *unlabeled)]
-    pretrain = torch.cat([train_x, *unlabeled]) if unlabeled else train_x
-    if pretrain_size is not None and pretrain_size < len(pretrain):
-        pretrain = pretrain[torch.from_numpy(np.sort(rng.choice(len(pretrain), size=pretrain_size, replace=False)))]
-    held_out = torch.from_numpy(held_out)
-    return _splits(pretrain.contiguous(), train_x[probe].contiguous(), train_y[probe],
-                   test_x[held_out].contiguous(), test_y[held_out])
-
-
-def _splits(pretrain: Tensor, probe_images: Tensor, probe_labels: Tensor, eval_images: Tensor, eval_labels: Tensor) -> Splits:
-    """Assemble Splits with the pretraining images' per-channel mean and std, computed exactly from a
-    histogram of the uint8 values (~7x faster than converting 50,000 CIFAR images to float)."""
-    counts = torch.stack([torch.bincount(pretrain[:, c].reshape(-1), minlength=256) for c in range(pretrain.shape[1])])
-    counts, value = counts.double(), torch.arange(256, dtype=torch.float64) / 255
-    n = counts.sum(dim=1)
-    mean = counts @ value / n
-    std = ((counts @ value.square() - n * mean.square()) / (n - 1)).clamp_min(0).sqrt()
-    return Splits(pretrain=pretrain, probe_images=probe_images, probe_labels=probe_labels, eval_images=eval_images,
-                  eval_labels=eval_labels, mean=mean.float(), std=std.float().clamp_min(1e-3))
-
-
-def load_splits(data_cfg) -> Splits:
-    """Load `data_cfg.dataset` at `data_cfg.image_size` and split it as the study file says.
-
-    Raises ValueError with a one-line message naming the field and what was expected when the
-    data is missing or the split sizes do not fit it.
-    """
-    name = data_cfg.dataset.lower()
-    source = DATASETS[name]
-    size, eval_size, probe_size = data_cfg.image_size, data_cfg.eval_size, data_cfg.probe_size
-    if not source.has_test_split:
-        images, labels = source.read(None, "all", size)
-        if eval_size is None:
-            raise ValueError(f"data.eval_size: {source.title} has no test split; expected the number of images to hold out, got null")
-        if eval_size + probe_size >= len(labels):
-            raise ValueError(f"data: eval_size + probe_size ({eval_size} + {probe_size}) must be below "
-                             f"the {len(labels)} images of {source.title!r}")
-        return make_splits(images, labels, probe_size=probe_size, eval_size=eval_size,
-                           pretrain_size=data_cfg.pretrain_size, seed=data_cfg.split_seed)
-    if data_cfg.root is None:
-        raise ValueError(f"data.root: required for dataset {name!r}; expected a folder holding {source.layout('<root>')}")
-    root = Path(data_cfg.root).expanduser().resolve()
-    where = dict(download=data_cfg.download, directory=cache_dir(data_cfg.cache_dir))
-    train = load_split(name, root, "train", size, **where)
-    test = load_split(name, root, "test", size, **where)
-    if eval_size is not None and eval_size > len(test[1]):
-        raise ValueError(f"data.eval_size: expected at most the {len(test[1])} test images of {source.title} "
-                         f"(or null for all of them), got {eval_size}")
-    if probe_size > len(train[1]):
-        raise ValueError(f"data.probe_size: expected at most the {len(train[1])} labelled train images of {source.title}, "
-                         f"got {probe_size}")
-    unlabeled = [load_split(name, root, split, size, **where)[0] for split in source.pretrain_only_splits(root)]
-    return make_train_test_splits(train, test, unlabeled, probe_size=probe_size, eval_size=eval_size,
-                                  pretrain_size=data_cfg.pretrain_size, seed=data_cfg.split_seed)
