@@ -16,6 +16,8 @@ from hpsearch.backbones import build_backbone
 from hpsearch.data import Splits
 from hpsearch.optim import build_optimizer, warmup_cosine
 from hpsearch.probes import extract_features, knn_accuracy, linear_probe_accuracy
+from hpsearch.proxies import alignment, alpha_req, normalised_std, rankme, uniformity
+from hpsearch import augment
 from hpsearch.interrupt import StopRequest
 from hpsearch.schema import StudyConfig
 from objectives import METHODS
@@ -154,11 +156,29 @@ class Pretraining:
     def _features(self, images: Tensor) -> Tensor:
         return extract_features(self.method.backbone, images, self.splits.mean, self.splits.std)
 
-    def knn_proxy(self) -> float:
-        """Weighted cosine kNN accuracy (leave-one-out) of backbone features on the labelled probe split."""
+    @torch.no_grad()
+    def proxies(self, subset: int = 256) -> dict[str, float]:
+        """The kNN proxy plus representation diagnostics, from one pass over the probe split and
+        two augmented views of its first `subset` images (views drawn from a fixed, separate
+        generator, so evaluating never changes training)."""
         knn = self.cfg.evaluation.knn
         features = self._features(self.splits.probe_images)
-        return knn_accuracy(features, self.splits.probe_labels, knn.k, knn.temperature, self.splits.num_classes).item()
+        images = self.splits.probe_images[:subset]
+        views = augment.random_views(images, self.cfg.augment, self.cfg.data.image_size,
+                                     torch.Generator().manual_seed(0), 2)
+        was_training = self.method.training
+        self.method.eval()
+        z1, z2 = (self.method.embed(v) for v in self._normalise(views))
+        self.method.train(was_training)
+        values = {
+            "knn_accuracy": knn_accuracy(features, self.splits.probe_labels, knn.k, knn.temperature, self.splits.num_classes),
+            "rankme": rankme(features),
+            "alpha_req": alpha_req(features),
+            "alignment": alignment(z1, z2),
+            "uniformity": uniformity(z1),
+            "normalised_std": normalised_std(z1),
+        }
+        return dict(zip(values, torch.stack([v.float() for v in values.values()]).tolist()))  # one host sync
 
     def linear_probe(self) -> float:
         """The delayed true metric: a linear probe on frozen features, trained on the probe split and

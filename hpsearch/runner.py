@@ -147,10 +147,10 @@ def _measure_baseline(study, cfg, splits, device, tracker, study_run_id, console
     """The random-init encoder's scores, measured once per study: the bar SSL has to clear."""
     if "random_init_linear_probe" not in study.user_attrs:
         untrained = Pretraining(cfg, splits, device, seed=cfg.seed)
-        study.set_user_attr("random_init_knn", untrained.knn_proxy())
-        study.set_user_attr("random_init_linear_probe", untrained.linear_probe())
-        tracker.log_metrics(study_run_id, {"random_init_knn_accuracy": study.user_attrs["random_init_knn"],
-                                           "random_init_linear_probe_accuracy": study.user_attrs["random_init_linear_probe"]}, step=0)
+        baseline = {**untrained.proxies(), "linear_probe_accuracy": untrained.linear_probe()}
+        study.set_user_attr("random_init_knn", baseline["knn_accuracy"])
+        study.set_user_attr("random_init_linear_probe", baseline["linear_probe_accuracy"])
+        tracker.log_metrics(study_run_id, {f"random_init_{k}": v for k, v in baseline.items()}, step=0)
     console.line(f"  random-init encoder: linear probe {study.user_attrs['random_init_linear_probe']:.4f}, "
                  f"kNN {study.user_attrs['random_init_knn']:.4f}")
 

@@ -119,7 +119,7 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
         trial.set_user_attr("epochs_trained", epoch)
         metrics = {"ssl_loss": stats.ssl_loss, "lr": stats.lr, "epoch_time_s": stats.epoch_time}
         if epoch % every == 0 or epoch == epochs:
-            metrics["knn_accuracy"] = session.knn_proxy()
+            metrics.update(session.proxies())
         history.append({"epoch": epoch, **metrics})
         # Checkpoint before recording: a worker killed in between re-records from the history
         # (_catch_up), instead of recording an epoch it will train again.

@@ -48,6 +48,12 @@ class SSLMethod(nn.Module):
         """Augmented views of a uint8 batch, floats in [0, 1]; multi-crop methods override this."""
         return augment.random_views(images, augment_cfg, size, generator, self.n_views)
 
+    def embed(self, x: Tensor) -> Tensor:
+        """The embedding the loss works on (the projector's output when there is one), for the
+        alignment, uniformity and collapse proxies."""
+        projector = getattr(self, "projector", None)
+        return projector(self.backbone(x)) if projector is not None else self.backbone(x)
+
     def training_loss(self, views: list[Tensor]) -> Tensor:
         """The SSL loss of one batch given its (normalised) views."""
         raise NotImplementedError

@@ -42,7 +42,8 @@ def test_mlflow_has_one_parent_and_one_child_run_per_trial(finished_study, mlflo
         knn_steps = [m.step for m in client.get_metric_history(child.info.run_id, "knn_accuracy")]
         assert knn_steps == [1, 2]  # evaluated every epoch, step = epoch, each step once
         assert child.data.metrics["linear_probe_accuracy"] == pytest.approx(trial.value)
-        assert {"ssl_loss", "lr", "epoch_time_s"} <= set(child.data.metrics)
+        assert {"ssl_loss", "lr", "epoch_time_s", "rankme", "alpha_req", "alignment", "uniformity",
+                "normalised_std"} <= set(child.data.metrics)  # the proxies, at each evaluation
         assert child.data.params["trial_number"] == str(trial.number)
         assert float(child.data.params["training.optimizer.lr"]) == pytest.approx(trial.params["training.optimizer.lr"])
         assert child.data.params["training.epochs"] == "2"  # the fixed config is logged too
