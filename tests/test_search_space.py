@@ -58,3 +58,24 @@ def test_bad_conditions_are_rejected(when, message):
 def test_study_defining_fields_cannot_be_searched():
     with pytest.raises(StudyFileError, match="cannot be searched"):
         load_study({"name": "s", "search_space": {"n_trials": {"type": "int", "low": 1, "high": 3}}})
+
+
+def test_a_study_searches_over_the_method_with_conditional_spaces(tmp_path):
+    import hpsearch
+    from conftest import tiny_study
+
+    space = {
+        "objective.method": {"type": "categorical", "choices": ["simclr", "vicreg"]},
+        "objective.temperature": {"type": "float", "low": 0.1, "high": 0.5, "when": {"objective.method": "simclr"}},
+        "objective.invariance_weight": {"type": "float", "low": 5, "high": 50, "when": {"objective.method": "vicreg"}},
+    }
+    cfg = tiny_study(tmp_path / "runs", n_trials=4, search_space=space, sampler={"name": "random"},
+                     **{"training.epochs": 1, "data.pretrain_size": 256})
+    study = hpsearch.run_study(cfg)
+    methods = [t.params["objective.method"] for t in study.trials]
+    assert set(methods) == {"simclr", "vicreg"}  # seed 0 draws both
+    for trial in study.trials:
+        assert trial.state.name == "COMPLETE"
+        # The rule: a method's own parameter is sampled exactly when that method is.
+        assert ("objective.temperature" in trial.params) == (trial.params["objective.method"] == "simclr")
+        assert ("objective.invariance_weight" in trial.params) == (trial.params["objective.method"] == "vicreg")
