@@ -7,7 +7,6 @@ from typing import TextIO
 
 import optuna
 
-from hpsearch.pretrain import EpochStats
 from hpsearch.retry import FINISHED, finished_trials
 
 
@@ -37,11 +36,12 @@ class Console:
         self._clear()
         print(text, file=self.stream, flush=True)
 
-    def epoch(self, trial_number: int, stats: EpochStats, knn: float | None) -> None:
+    def epoch(self, trial_number: int, epoch: int, metrics: dict[str, float]) -> None:
         if not self.live:
             return
+        knn = metrics.get("knn_accuracy")
         proxy = f"  kNN {knn:.3f}" if knn is not None else ""
-        text = f"trial {trial_number}  epoch {stats.epoch}/{self.epochs}  loss {stats.ssl_loss:.3f}{proxy}"
+        text = f"trial {trial_number}  epoch {epoch}/{self.epochs}  loss {metrics['ssl_loss']:.3f}{proxy}"
         if self.status:
             text += f"  |  {self.status}"
         self.stream.write("\r\033[K" + text[:200])

@@ -163,6 +163,8 @@ class Pretraining:
         generator, so evaluating never changes training)."""
         knn = self.cfg.evaluation.knn
         features = self._features(self.splits.probe_images)
+        if not torch.isfinite(features).all():  # a finite loss can hide exploded BatchNorm statistics
+            raise Diverged(f"non-finite backbone features at epoch {self.epoch}")
         images = self.splits.probe_images[:subset]
         views = augment.random_views(images, self.cfg.augment, self.cfg.data.image_size,
                                      torch.Generator().manual_seed(0), 2)

@@ -18,7 +18,7 @@ import torch
 from hpsearch import checkpoint
 from hpsearch.data import Splits
 from hpsearch.interrupt import Interrupted, StopRequest
-from hpsearch.pretrain import Diverged, EpochStats, Pretraining
+from hpsearch.pretrain import Diverged, Pretraining
 from hpsearch.schema import StudyConfig
 from hpsearch.space import sample, with_values
 from hpsearch.tracking import Tracker, TrialRun, flatten
@@ -49,7 +49,7 @@ class TrialContext:
     study_run_id: str
     checkpoint_root: Path
     stop: StopRequest
-    on_epoch: Callable[[int, EpochStats, float | None], None]
+    on_epoch: Callable[[int, int, dict[str, float]], None]
     say: Callable[[str], None]
 
 
@@ -108,18 +108,15 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
 
     epochs, every = cfg.training.epochs, cfg.evaluation.eval_every
     while session.epoch < epochs:
+        epoch = session.epoch + 1
         try:
-            stats = session.train_epoch(ctx.stop)
+            metrics = _train_one_epoch(session, evaluate=epoch % every == 0 or epoch == epochs, stop=ctx.stop)
         except Interrupted:
             save()
             raise
         except Diverged as err:
-            _stop(trial, session.epoch, f"diverged: {err}")
-        epoch = stats.epoch
+            _stop(trial, epoch, f"diverged: {err}")
         trial.set_user_attr("epochs_trained", epoch)
-        metrics = {"ssl_loss": stats.ssl_loss, "lr": stats.lr, "epoch_time_s": stats.epoch_time}
-        if epoch % every == 0 or epoch == epochs:
-            metrics.update(session.proxies())
         history.append({"epoch": epoch, **metrics})
         # Checkpoint before recording: a worker killed in between re-records from the history
         # (_catch_up), instead of recording an epoch it will train again.
@@ -129,13 +126,22 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
         knn = metrics.get("knn_accuracy")
         if knn is not None:
             trial.report(knn, epoch)
-        ctx.on_epoch(trial.number, stats, knn)
+        ctx.on_epoch(trial.number, epoch, metrics)
         if knn is not None and epoch < epochs and epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
             _stop(trial, epoch, f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
         ctx.stop.check()
     accuracy = session.linear_probe()
     run.log_metrics({"linear_probe_accuracy": accuracy}, step=epochs)
     return accuracy
+
+
+def _train_one_epoch(session: Pretraining, evaluate: bool, stop: StopRequest) -> dict[str, float]:
+    """Train one epoch and, when due, evaluate the proxies; raises Diverged or Interrupted."""
+    stats = session.train_epoch(stop)
+    metrics = {"ssl_loss": stats.ssl_loss, "lr": stats.lr, "epoch_time_s": stats.epoch_time}
+    if evaluate:
+        metrics.update(session.proxies())
+    return metrics
 
 
 def _catch_up(trial: optuna.Trial, run: TrialRun, history: list[dict]) -> None:

@@ -64,8 +64,8 @@ class DINOHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
-                                 nn.BatchNorm1d(hidden_dim), nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
+                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
         self.prototypes = nn.Linear(bottleneck_dim, out_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -103,6 +103,10 @@ class DINO(SSLMethod):
             views += augment.random_views(images, local_cfg, max(8, size // 2), generator, self.cfg.n_local_crops)
         return views
 
+    def embed(self, x: Tensor) -> Tensor:
+        """The head's bottleneck, the last embedding before the prototypes (for collapse proxies)."""
+        return self.head.mlp(self.backbone(x))
+
     def training_loss(self, views: list[Tensor]) -> Tensor:
         n, n_global = len(views[0]), self.n_views
         # Views of one resolution go through the network in one batch, as the paper's multi-crop wrapper.
@@ -112,7 +116,7 @@ class DINO(SSLMethod):
         student_logits = torch.cat(student).view(len(views), n, -1)
         with torch.no_grad():
             teacher_logits = self.teacher_head(self.teacher_backbone(torch.cat(views[:n_global])))
-            self._pending_center = teacher_logits.mean(dim=0)
+            self._pending_center = teacher_logits.float().mean(dim=0)  # bf16 under autocast; the centre is fp32
             teacher_probs = teacher_distribution(teacher_logits, self.center, self.teacher_temperature)
         return dino_loss(student_logits, teacher_probs.view(n_global, n, -1), self.cfg.temperature)
 

@@ -16,7 +16,7 @@ from torch import nn
 # The schedule lives with the optimiser's (BYOL's cosine, base -> final); re-exported for the methods.
 from hpsearch.optim import cosine_momentum
 
-__all__ = ["frozen_copy", "cosine_momentum", "ema_update"]
+__all__ = ["cosine_momentum", "ema_update", "frozen_copy"]
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
