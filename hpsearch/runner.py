@@ -96,7 +96,8 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
             study.stop()  # counted over the whole study, so several workers stop together
 
     stop = StopRequest()
-    ctx = TrialContext(cfg, splits, device, tracker, study_run_id, checkpoint_root, stop, console.epoch, console.line)
+    ctx = TrialContext(cfg, splits, device, tracker, study_run_id, checkpoint_root, stop, console.epoch, console.line,
+                       random_init_knn=study.user_attrs["random_init_knn"])
     status = "FAILED"
     try:
         with stop:

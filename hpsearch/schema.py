@@ -162,10 +162,36 @@ class EvaluationConfig(Section):
     linear_probe: LinearProbeConfig = LinearProbeConfig()
 
 
+class CollapseRule(Section):
+    enabled: bool = True
+    threshold: float = Field(0.1, gt=0, description="normalised_std (healthy ~1, collapsed -> 0) below this ...")
+    patience: int = Field(2, gt=0, description="... at this many evaluations in a row; skipped for VICReg/Barlow-style methods")
+
+
+class NoLearningRule(Section):
+    enabled: bool = True
+    after_epoch: int = Field(5, gt=0, description="from this epoch on, kNN at or below the random-init encoder's stops a trial")
+
+
+class PlateauRule(Section):
+    enabled: bool = False
+    patience: int = Field(5, gt=0, description="evaluations without a kNN gain of min_delta")
+    min_delta: float = Field(0.002, ge=0)
+
+
+class HeuristicsConfig(Section):
+    """SSL early-stopping rules, applied on top of the pruner (divergence always stops a trial)."""
+
+    collapse: CollapseRule = CollapseRule()
+    no_learning: NoLearningRule = NoLearningRule()
+    plateau: PlateauRule = PlateauRule()
+
+
 class PruningConfig(Section):
     name: str = Field("median", description="optuna pruner: median, percentile, hyperband, ... or none")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the pruner")
     warmup_epochs: int = Field(1, ge=0, description="never prune before this many epochs")
+    heuristics: HeuristicsConfig = HeuristicsConfig()
 
     @model_validator(mode="after")
     def _buildable(self) -> "PruningConfig":

@@ -17,11 +17,13 @@ import torch
 
 from hpsearch import checkpoint
 from hpsearch.data import Splits
+from hpsearch.heuristics import first_reason, rules_for
 from hpsearch.interrupt import Interrupted, StopRequest
 from hpsearch.pretrain import Diverged, Pretraining
 from hpsearch.schema import StudyConfig
 from hpsearch.space import sample, with_values
 from hpsearch.tracking import Tracker, TrialRun, flatten
+from objectives import METHODS
 
 # Config fields that are not hyperparameters (and may carry credentials): never logged as params.
 NOT_PARAMS = ("name", "n_trials", "workdir", "storage", "search_space", "tracking", "recovery")
@@ -51,6 +53,7 @@ class TrialContext:
     stop: StopRequest
     on_epoch: Callable[[int, int, dict[str, float]], None]
     say: Callable[[str], None]
+    random_init_knn: float | None = None
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
@@ -107,6 +110,7 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
                 f"at epoch {session.epoch}, step {session.scheduler.last_epoch}")
 
     epochs, every = cfg.training.epochs, cfg.evaluation.eval_every
+    rules = rules_for(cfg.pruning.heuristics, METHODS[cfg.objective.method].collapse_check, ctx.random_init_knn)
     while session.epoch < epochs:
         epoch = session.epoch + 1
         try:
@@ -127,8 +131,11 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
         if knn is not None:
             trial.report(knn, epoch)
         ctx.on_epoch(trial.number, epoch, metrics)
-        if knn is not None and epoch < epochs and epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
-            _stop(trial, epoch, f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
+        if knn is not None and epoch < epochs:
+            if epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
+                _stop(trial, epoch, f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
+            if (reason := first_reason(rules, history)) is not None:
+                _stop(trial, epoch, reason)
         ctx.stop.check()
     accuracy = session.linear_probe()
     run.log_metrics({"linear_probe_accuracy": accuracy}, step=epochs)
