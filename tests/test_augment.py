@@ -261,3 +261,37 @@ def test_gpu_matches_cpu_without_host_sync():
     assert views[0].device.type == "cuda"
     torch.testing.assert_close(out.cpu(), expected, atol=TOL_OP, rtol=0)
     assert math.isfinite(views[1].sum().item())
+
+
+# ------------------------------------------------------------------------------- fast paths
+
+
+def test_random_views_equal_apply_with_the_same_draws():
+    # random_views skips the ops its config switches off (here blur, solarize, brightness); skipping
+    # an identity may only change float32 rounding
+    cfg = replace(SIMCLR, brightness=0.0)
+    x = colour_images()
+    views = random_views(x, cfg, 32, torch.Generator().manual_seed(3), n_views=2)
+    g = torch.Generator().manual_seed(3)
+    for view in views:
+        p = sample_params(cfg, len(x), 32, 32, g, "cpu")
+        torch.testing.assert_close(view, apply(x, p, 32, blur_kernel_size(cfg.blur_sigma[1], 32)), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("size", [32, 40])
+def test_bilinear_and_matmul_resampling_agree_when_no_crop_shrinks(size):
+    # images no larger than the output take the grid_sample path; the dense antialiasing matmuls
+    # compute the same bilinear weights there
+    from hpsearch.augment import _resample_bilinear, _resample_matmul
+
+    x = colour_images().float() / 255
+    p = sample_params(ALL_ON, len(x), 32, 32, torch.Generator().manual_seed(size), "cpu")
+    fast = _resample_bilinear(x, p.crop_boxes, p.flip, size)
+    torch.testing.assert_close(fast, _resample_matmul(x, p.crop_boxes, p.flip, size), atol=1e-6, rtol=0)
+
+
+def test_augmenting_leaves_torch_thread_count_as_it_was():
+    threads = torch.get_num_threads()
+    random_views(colour_images(), ALL_ON, 24, torch.Generator().manual_seed(0))
+    apply(colour_images(), sample_params(ALL_ON, 24, 32, 32, torch.Generator().manual_seed(0), "cpu"), 24)
+    assert torch.get_num_threads() == threads  # CPU augmentation narrows threads only while it runs

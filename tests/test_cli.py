@@ -39,8 +39,9 @@ def test_run_prints_progress_table_best_and_ui_command(cli_run):
 
 def test_overrides_from_the_command_line_reach_the_trials(cli_run):
     home, _ = cli_run
+    # Changing the budget of an existing study changes its search: it needs --force.
     result = run_cli("run", "study.yaml", "--n-trials", "3", "--set", "training.epochs=1",
-                     "--set", "evaluation.eval_every=1", cwd=home)
+                     "--set", "evaluation.eval_every=1", "--force", cwd=home)
     assert result.returncode == 0, result.stderr
     import optuna
 

@@ -1,0 +1,35 @@
+"""Smoke tests of the benchmark scripts: each runs end to end in its tiny `--quick` mode.
+
+They check that a script still runs against the current code and prints its ratio line; the
+figures of a quick run mean nothing, and tests never assert on wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+SCRIPTS = {  # script -> the start of the line that carries its figure
+    "augment_throughput.py": "ratio hpsearch/torchvision:",
+    "trial_throughput.py": "ratio hpsearch/plain:",
+    "knn_cost.py": "ratio knn/epoch:",
+}
+
+
+@pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"needs the shared CIFAR-10 archive {ARCHIVE}")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_runs_in_quick_mode(script):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], cwd=ROOT, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]  # the script ran to the end
+    lines = done.stdout.splitlines()
+    assert any(line.startswith(SCRIPTS[script]) for line in lines), done.stdout  # and printed its figure
+    assert "| " in done.stdout  # with its table
