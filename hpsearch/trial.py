@@ -16,6 +16,7 @@ import optuna
 import torch
 
 from hpsearch import checkpoint
+from hpsearch.calibration import HISTORY_ATTR
 from hpsearch.data import Splits
 from hpsearch.heuristics import first_reason, rules_for
 from hpsearch.interrupt import Interrupted, StopRequest
@@ -130,6 +131,8 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
         knn = metrics.get("knn_accuracy")
         if knn is not None:
             trial.report(knn, epoch)
+            # Every proxy stays with the trial, for calibration and custom pruners to read.
+            trial.set_user_attr(HISTORY_ATTR, [_proxies_only(h) for h in history if "knn_accuracy" in h])
         ctx.on_epoch(trial.number, epoch, metrics)
         if knn is not None and epoch < epochs:
             if epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
@@ -149,6 +152,10 @@ def _train_one_epoch(session: Pretraining, evaluate: bool, stop: StopRequest) ->
     if evaluate:
         metrics.update(session.proxies())
     return metrics
+
+
+def _proxies_only(entry: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in entry.items() if k not in ("lr", "epoch_time_s")}
 
 
 def _catch_up(trial: optuna.Trial, run: TrialRun, history: list[dict]) -> None:

@@ -25,6 +25,10 @@ def test_study_holds_the_requested_finished_trials(finished_study):
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(study.trials) == 3 and len(trials) == 3
     assert all(0.0 <= t.value <= 1.0 for t in trials)
+    # Every proxy at every evaluation stays with the trial (for calibration and pruners).
+    history = trials[0].user_attrs["proxy_history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"knn_accuracy", "rankme", "alpha_req", "ssl_loss"} <= set(history[0])
     assert 0.0 < study.user_attrs["random_init_linear_probe"] <= 1.0  # the baseline is measured and kept
 
 

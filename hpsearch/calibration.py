@@ -1,0 +1,62 @@
+"""How well does each proxy, at each evaluation step, predict the final metric?
+
+From the finished trials of a study: for every proxy and every step, the Spearman rank
+correlation between the proxy's value at that step and the trial's final value, with the number
+of trials it rests on. Rank-type proxies are only comparable within one method, so the table
+can be computed per method. This is what a calibrated pruner reads to decide which proxy to
+trust at which step (and where to trust none).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import optuna
+
+HISTORY_ATTR = "proxy_history"  # user attr: [{"epoch": e, "knn_accuracy": ..., ...}, ...]
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (as scipy.stats.rankdata does)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho: the Pearson correlation of the ranks; nan when either side is constant."""
+    rx, ry = average_ranks(np.asarray(x, float)), average_ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def calibration_table(trials: list[optuna.trial.FrozenTrial], min_trials: int = 3) -> dict[tuple[str, int], tuple[float, int]]:
+    """{(proxy, step): (rho, n)} over the COMPLETE trials that recorded that proxy at that step."""
+    points: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    for trial in trials:
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            continue
+        for entry in trial.user_attrs.get(HISTORY_ATTR, []):
+            for proxy, value in entry.items():
+                if proxy != "epoch" and np.isfinite(value):
+                    points[(proxy, entry["epoch"])].append((value, trial.value))
+    table = {}
+    for key, pairs in sorted(points.items()):
+        if len(pairs) >= min_trials:
+            proxy_values, finals = zip(*pairs)
+            table[key] = (spearman(np.array(proxy_values), np.array(finals)), len(pairs))
+    return table
+
+
+def by_method(trials: list[optuna.trial.FrozenTrial], method_param: str = "objective.method") -> dict[str | None, list]:
+    """Trials grouped by the searched method (None when the method is not searched)."""
+    groups: dict[str | None, list] = defaultdict(list)
+    for trial in trials:
+        groups[trial.params.get(method_param)].append(trial)
+    return dict(groups)
