@@ -282,7 +282,7 @@ def test_random_views_equal_apply_with_the_same_draws():
 def test_bilinear_and_matmul_resampling_agree_when_no_crop_shrinks(size):
     # images no larger than the output take the grid_sample path; the dense antialiasing matmuls
     # compute the same bilinear weights there
-    from hpsearch.augment import _resample_bilinear, _resample_matmul
+    from hpsearch.crop import _resample_bilinear, _resample_matmul
 
     x = colour_images().float() / 255
     p = sample_params(ALL_ON, len(x), 32, 32, torch.Generator().manual_seed(size), "cpu")
