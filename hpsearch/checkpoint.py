@@ -63,10 +63,6 @@ def remove(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def size_on_disk(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.glob("*.pt")) if directory.exists() else 0
-
-
 def _load(path: Path, map_location) -> dict[str, Any]:
     data = path.read_bytes()
     payload, digest = data[:-DIGEST_BYTES], data[-DIGEST_BYTES:]

@@ -34,5 +34,10 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Finished trials that count toward `n_trials`: a failed trial that was retried does not count,
     its retry does (once it finishes)."""
     trials = study.get_trials(deepcopy=False)
-    replaced = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    replaced = replaced_numbers(trials)
     return [t for t in trials if t.state in FINISHED and t.number not in replaced]
+
+
+def replaced_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that a retry has taken over."""
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}

@@ -16,7 +16,7 @@ from hpsearch.console import Console, best, counts
 from hpsearch.data import load_splits
 from hpsearch.interrupt import Interrupted, StopRequest
 from hpsearch.pretrain import Pretraining, resolve_device
-from hpsearch.retry import finished_trials, requeue
+from hpsearch.retry import finished_trials, replaced_numbers, requeue
 from hpsearch.schema import StudyConfig
 from hpsearch.storage import connect, mask, open_study
 from hpsearch.studyconfig import check_unchanged, store_config, without_secrets
@@ -60,8 +60,8 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
                 tracker.trial_run_by_id(trial.user_attrs["mlflow_run_id"]).finish("FAIL", reason="worker died; retries exhausted")
 
     if cfg.storage is None:
-        workdir.mkdir(parents=True, exist_ok=True)
-    storage = connect(cfg, storage_url, on_stale)  # before anything else is created when it is remote
+        workdir.mkdir(parents=True, exist_ok=True)  # the default SQLite storage lives there
+    storage = connect(cfg, storage_url, on_stale)  # a remote one is checked before anything is created
     workdir.mkdir(parents=True, exist_ok=True)
     study = open_study(cfg, storage)
     check_unchanged(study, cfg, force)
@@ -127,7 +127,7 @@ def _locked(path: Path):
 
 def _requeue_interrupted(study: optuna.Study, cfg: StudyConfig) -> None:
     """The trial stopped by SIGINT/SIGTERM (Optuna marked it FAIL) continues on the next run."""
-    replaced = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    replaced = replaced_numbers(study.get_trials(deepcopy=False))
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         if trial.user_attrs.get("interrupted") and trial.number not in replaced:
             requeue(study, trial, max_retries=cfg.recovery.max_retries, count_as_retry=False)
