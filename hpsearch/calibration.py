@@ -15,6 +15,21 @@ import numpy as np
 import optuna
 
 HISTORY_ATTR = "proxy_history"  # user attr: [{"epoch": e, "knn_accuracy": ..., ...}, ...]
+REPORTED = "reported"  # the proxy name of plain intermediate values, in studies hpsearch did not record
+
+
+def proxy_curves(trial: optuna.trial.FrozenTrial) -> dict[str, dict[int, float]]:
+    """{proxy: {step: value}} of one trial: every proxy hpsearch recorded, or else the values the
+    trial reported to Optuna (any study, even one hpsearch did not run). Non-finite values dropped."""
+    history = trial.user_attrs.get(HISTORY_ATTR)
+    if not history:
+        return {REPORTED: {step: value for step, value in trial.intermediate_values.items() if np.isfinite(value)}}
+    curves: dict[str, dict[int, float]] = defaultdict(dict)
+    for entry in history:
+        for proxy, value in entry.items():
+            if proxy != "epoch" and value is not None and np.isfinite(value):
+                curves[proxy][entry["epoch"]] = value
+    return dict(curves)
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -42,10 +57,9 @@ def calibration_table(trials: list[optuna.trial.FrozenTrial], min_trials: int = 
     for trial in trials:
         if trial.state != optuna.trial.TrialState.COMPLETE:
             continue
-        for entry in trial.user_attrs.get(HISTORY_ATTR, []):
-            for proxy, value in entry.items():
-                if proxy != "epoch" and np.isfinite(value):
-                    points[(proxy, entry["epoch"])].append((value, trial.value))
+        for proxy, curve in proxy_curves(trial).items():
+            for step, value in curve.items():
+                points[(proxy, step)].append((value, trial.value))
     table = {}
     for key, pairs in sorted(points.items()):
         if len(pairs) >= min_trials:

@@ -1,4 +1,5 @@
-"""The `hpsearch` command: `run` a study file, `resume` a study, open the MLflow `ui` on its results."""
+"""The `hpsearch` command: `run` a study file, `resume` a study, open the MLflow `ui` on its results,
+`export` a study's curves and `replay` pruning strategies on them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import shlex
 import sys
 from pathlib import Path
+
+from hpsearch.replay.command import add_commands as add_replay_commands
 
 EXIT_BAD_INPUT = 2
 
@@ -27,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("study_name")
     _add_shared_options(resume)
 
+    add_replay_commands(commands)
+
     ui = commands.add_parser("ui", help="start the MLflow UI on a work directory, bound to 127.0.0.1")
     ui.add_argument("--workdir", default="hpsearch-runs", help="work directory (default ./hpsearch-runs)")
     ui.add_argument("--port", type=int, default=5000)
@@ -44,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "ui":
         return _ui(Path(args.workdir), args.port)
+    if args.command in ("replay", "export"):
+        return _replay(args)
     return _run(args, argv if argv is not None else sys.argv[1:])
 
 
@@ -69,6 +76,17 @@ def _run(args, argv: list[str]) -> int:
               file=sys.stderr)
         return 128 + stop.signum
     return 0
+
+
+def _replay(args) -> int:
+    from hpsearch.replay.command import export_command, replay_command
+    from hpsearch.replay.table import TableError
+
+    try:
+        return replay_command(args) if args.command == "replay" else export_command(args)
+    except TableError as err:
+        print(f"hpsearch: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def _ui(workdir: Path, port: int) -> int:

@@ -6,6 +6,8 @@ import inspect
 
 import optuna
 
+from hpsearch.calibrated import CalibratedPruner
+
 PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "none": optuna.pruners.NopPruner,
     "median": optuna.pruners.MedianPruner,
@@ -14,6 +16,7 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "hyperband": optuna.pruners.HyperbandPruner,
     "threshold": optuna.pruners.ThresholdPruner,
     "wilcoxon": optuna.pruners.WilcoxonPruner,
+    "calibrated": CalibratedPruner,  # hpsearch's own: acts on proxies proved predictive (calibrated.py)
 }
 
 # PatientPruner wraps another pruner, so its `wrapped_pruner` argument is a pruner spec of its own.

@@ -1,0 +1,105 @@
+"""`hpsearch replay` and `hpsearch export`: check pruners against recorded curves before spending
+compute on them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from hpsearch.replay.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
+from hpsearch.replay.simulate import SAMPLERS
+from hpsearch.replay.table import Table, TableError
+
+
+def add_commands(commands) -> None:
+    replay = commands.add_parser("replay", help="simulate pruning strategies on a study's recorded curves")
+    replay.add_argument("source", help="a replay table (.json or .json.gz, from `hpsearch export`) or an Optuna storage URL")
+    replay.add_argument("--study", help="study name (required with a storage URL)")
+    replay.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                        help=f"comma-separated, from: {', '.join(STRATEGY_NAMES)} (default: %(default)s)")
+    replay.add_argument("--seeds", type=_positive, default=100, help="simulated studies per strategy (default 100)")
+    replay.add_argument("--workers", type=_positive, default=1, help="asynchronous workers per simulated study (default 1)")
+    replay.add_argument("--gap", type=float, default=1.0,
+                        help="target: a finished trial within this many points (0.01) of the best (default 1)")
+    replay.add_argument("--sampler", choices=SAMPLERS, default="random", help="how configurations are proposed")
+    replay.add_argument("--jobs", type=_positive, default=1, help="processes running the simulations (default 1)")
+    replay.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    replay.add_argument("--plot", help="also write regret against budget to this image file (.png, .svg)")
+
+    export = commands.add_parser("export", help="write a study's complete curves to a replay table file")
+    export.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///hpsearch-runs/optuna.db")
+    export.add_argument("--study", required=True, help="study name")
+    export.add_argument("--output", "-o", required=True, help="table file to write (.json.gz compresses)")
+    export.add_argument("--recorded-with", default="", metavar="COMMAND",
+                        help="the command that recorded the study, kept with the table")
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def load_table(source: str, study: str | None) -> Table:
+    """A table file, or the curves of a study in any Optuna storage."""
+    if "://" not in source:
+        return Table.load(source)
+    if not study:
+        raise TableError(f"--study: a storage URL ({source.split('://')[0]}://...) needs the study's name")
+    import optuna
+    from sqlalchemy.engine import make_url
+
+    from hpsearch.storage import mask
+
+    database = make_url(source).database if source.startswith("sqlite") else None
+    if database and database != ":memory:" and not Path(database).exists():
+        raise TableError(f"{mask(source)}: no such database file {database}")
+    try:
+        return Table.from_study(optuna.load_study(study_name=study, storage=source))
+    except KeyError:
+        raise TableError(f"--study: no study named {study!r} in {mask(source)}") from None
+    except TableError:
+        raise
+    except Exception as err:  # the storage's own errors: unreachable server, missing driver, bad URL
+        reason = str(err).splitlines()[0][:300].replace(source, mask(source))
+        raise TableError(f"{mask(source)}: cannot read the study ({type(err).__name__}: {reason})") from None
+
+
+def replay_command(args) -> int:
+    from hpsearch.replay.report import format_table, plot, replay, summarize
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in STRATEGY_NAMES]
+    if unknown or not strategies:
+        raise TableError(f"--strategies: unknown {unknown[0] if unknown else 'empty list'!r}; "
+                         f"expected some of: {', '.join(STRATEGY_NAMES)}")
+    table = load_table(args.source, args.study)
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rreplaying {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    runs = replay(table, strategies, seeds=args.seeds, workers=args.workers, gap=args.gap, sampler=args.sampler,
+                  jobs=args.jobs, progress=progress)
+    summary = summarize(table, runs)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_table(summary, f"{args.sampler} sampling, {args.workers} worker(s), {args.seeds} seeds, "
+                                    f"target within {args.gap:g} point(s) of the best; "))
+    if args.plot:
+        plot({f"{args.sampler}, {args.workers} worker(s)": summary}, args.plot)
+    return 0
+
+
+def export_command(args) -> int:
+    table = load_table(args.storage, args.study)
+    table.command = args.recorded_with
+    table.save(args.output)
+    print(f"{args.output}: {len(table.trials)} configurations, exhaustive budget {table.budget} epochs, "
+          f"best {table.best():.4f}" + (f" (left out: {table.skipped})" if table.skipped else ""))
+    return 0

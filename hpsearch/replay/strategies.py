@@ -1,0 +1,51 @@
+"""The pruning strategies a replay compares, by name. Each is a real Optuna pruner acting on what a
+trial reports (the table's primary proxy, step = epoch), built fresh for every simulated study."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.calibrated import CalibratedPruner
+
+
+class TopKAfterFirstStep(optuna.pruners.BasePruner):
+    """At the first step, keep a trial only if its value is among the best k seen at that step so far."""
+
+    def __init__(self, k: int = 5):
+        self.k = k
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or len(trial.intermediate_values) != 1:
+            return False
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        seen = [sign * t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+                if step in t.intermediate_values and t.state != TrialState.FAIL]
+        better = sum(v > sign * trial.intermediate_values[step] for v in seen)
+        return better >= self.k
+
+
+def _strategies(epochs: int) -> dict[str, Callable[[int], optuna.pruners.BasePruner]]:
+    return {
+        "none": lambda seed: optuna.pruners.NopPruner(),
+        "median": lambda seed: optuna.pruners.MedianPruner(n_startup_trials=5),
+        "percentile25": lambda seed: optuna.pruners.PercentilePruner(25.0, n_startup_trials=5),
+        "successive_halving": lambda seed: optuna.pruners.SuccessiveHalvingPruner(),
+        "hyperband": lambda seed: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3),
+        "top5_after_1": lambda seed: TopKAfterFirstStep(5),
+        "calibrated": lambda seed: CalibratedPruner(seed=seed),
+    }
+
+
+STRATEGY_NAMES = list(_strategies(1))
+DEFAULT_STRATEGIES = ["none", "median", "hyperband", "top5_after_1", "calibrated"]
+
+
+def make_pruner(name: str, epochs: int, seed: int) -> optuna.pruners.BasePruner:
+    try:
+        return _strategies(epochs)[name](seed)
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; expected some of: {', '.join(STRATEGY_NAMES)}") from None
