@@ -15,7 +15,8 @@ from torch import Tensor
 from hpsearch.backbones import build_backbone
 from hpsearch.data import Splits
 from hpsearch.optim import build_optimizer, warmup_cosine
-from hpsearch.probes import extract_features, knn_accuracy, linear_probe_accuracy
+from hpsearch.probes import (ClassAccuracy, class_accuracy, extract_features, finetune_predict, knn_accuracy,
+                             knn_predict, linear_probe_predict)
 from hpsearch.proxies import alignment, alpha_req, normalised_std, rankme, uniformity
 from hpsearch import augment
 from hpsearch.interrupt import StopRequest
@@ -25,6 +26,30 @@ from objectives import METHODS
 
 class Diverged(Exception):
     """The SSL loss became NaN or infinite."""
+
+
+# evaluation.final_metric -> the MLflow metric of its overall accuracy (the trial's value)
+FINAL_METRIC_KEYS = {"linear_probe": "linear_probe_accuracy", "knn": "knn_final_accuracy",
+                     "finetune": "finetune_accuracy"}
+
+
+@dataclass(frozen=True)
+class FinalMetric:
+    """The delayed metric of a trained backbone: which one, and its overall and per-class accuracy."""
+
+    name: str  # evaluation.final_metric
+    scores: ClassAccuracy
+
+    @property
+    def accuracy(self) -> float:
+        return self.scores.accuracy
+
+    def metrics(self) -> dict[str, float]:
+        """For MLflow: the overall accuracy under FINAL_METRIC_KEYS, `worst_class_accuracy` and
+        `class_accuracy/<class index>` for each class of the held-out split."""
+        return {FINAL_METRIC_KEYS[self.name]: self.scores.accuracy,
+                "worst_class_accuracy": self.scores.worst_accuracy,
+                **{f"class_accuracy/{c}": a for c, a in self.scores.per_class.items()}}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,7 +75,7 @@ class Pretraining:
     """
 
     def __init__(self, cfg: StudyConfig, splits: Splits, device: torch.device, seed: int):
-        self.cfg, self.splits, self.device = cfg, splits, device
+        self.cfg, self.splits, self.device, self.seed = cfg, splits, device, seed
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         backbone, feature_dim = build_backbone(cfg.model, splits.channels, cfg.data.image_size)
@@ -183,14 +208,41 @@ class Pretraining:
         return dict(zip(values, torch.stack([v.float() for v in values.values()]).tolist()))  # one host sync
 
     def linear_probe(self) -> float:
-        """The delayed true metric: a linear probe on frozen features, trained on the probe split and
-        measured on the held-out split."""
+        """The linear probe on frozen features, trained on the probe split and measured on the
+        held-out split (the default final metric, and the random-init baseline's)."""
+        return (self._linear_probe_predictions() == self.splits.eval_labels).float().mean().item()
+
+    def final_metric(self) -> FinalMetric:
+        """The delayed true metric `evaluation.final_metric`, trained on the probe split and measured
+        on the held-out split, overall and per class. Never changes the trained model."""
+        name = self.cfg.evaluation.final_metric
+        predict = {"linear_probe": self._linear_probe_predictions, "knn": self._knn_predictions,
+                   "finetune": self._finetune_predictions}[name]
+        return FinalMetric(name, class_accuracy(predict(), self.splits.eval_labels, self.splits.num_classes))
+
+    def _linear_probe_predictions(self) -> Tensor:
         probe = self.cfg.evaluation.linear_probe
-        return linear_probe_accuracy(
+        return linear_probe_predict(
             self._features(self.splits.probe_images), self.splits.probe_labels,
-            self._features(self.splits.eval_images), self.splits.eval_labels,
+            self._features(self.splits.eval_images),
             self.splits.num_classes, probe.steps, probe.lr, probe.weight_decay,
-        ).item()
+        )
+
+    def _knn_predictions(self) -> Tensor:
+        """Weighted kNN of each held-out image among the probe split's features (evaluation.knn)."""
+        knn = self.cfg.evaluation.knn
+        return knn_predict(self._features(self.splits.probe_images), self.splits.probe_labels,
+                           self._features(self.splits.eval_images), knn.k, knn.temperature, self.splits.num_classes)
+
+    def _finetune_predictions(self) -> Tensor:
+        """Fine-tunes a copy of the backbone (evaluation.finetune), seeded with the trial's seed."""
+        tune = self.cfg.evaluation.finetune
+        return finetune_predict(
+            self.method.backbone, self.splits.probe_images, self.splits.probe_labels, self.splits.eval_images,
+            self.splits.mean, self.splits.std, self.splits.num_classes, blocks=tune.blocks, epochs=tune.epochs,
+            batch_size=tune.batch_size, lr=tune.lr, weight_decay=tune.weight_decay, flip_p=tune.flip_p,
+            seed=self.seed, autocast=self.autocast, memory_format=self.memory_format, name=self.cfg.model.backbone,
+        )
 
 
 def _numpy_rng_state() -> tuple:

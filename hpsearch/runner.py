@@ -15,7 +15,7 @@ from hpsearch import checkpoint
 from hpsearch.console import Console, best, counts
 from hpsearch.data import load_splits
 from hpsearch.interrupt import Interrupted, StopRequest
-from hpsearch.pretrain import Pretraining, resolve_device
+from hpsearch.pretrain import FINAL_METRIC_KEYS, Pretraining, resolve_device
 from hpsearch.retry import finished_trials, replaced_numbers, requeue
 from hpsearch.schema import StudyConfig
 from hpsearch.storage import connect, mask, open_study
@@ -149,6 +149,9 @@ def _measure_baseline(study, cfg, splits, device, tracker, study_run_id, console
     if "random_init_linear_probe" not in study.user_attrs:
         untrained = Pretraining(cfg, splits, device, seed=cfg.seed)
         baseline = {**untrained.proxies(), "linear_probe_accuracy": untrained.linear_probe()}
+        if cfg.evaluation.final_metric != "linear_probe":  # the bar for the study's own metric too
+            final = untrained.final_metric()
+            baseline[FINAL_METRIC_KEYS[final.name]] = final.accuracy
         study.set_user_attr("random_init_knn", baseline["knn_accuracy"])
         study.set_user_attr("random_init_linear_probe", baseline["linear_probe_accuracy"])
         tracker.log_metrics(study_run_id, {f"random_init_{k}": v for k, v in baseline.items()}, step=0)

@@ -144,22 +144,42 @@ class AugmentConfig(Section):
 
 
 class KnnConfig(Section):
-    k: int = Field(20, gt=0)
-    temperature: float = Field(0.07, gt=0)
+    k: int = Field(20, gt=0, description="neighbours that vote, in the kNN proxy and in the kNN final metric")
+    temperature: float = Field(0.07, gt=0, description="each neighbour votes exp(cosine similarity / temperature)")
 
 
 class LinearProbeConfig(Section):
     steps: int = Field(300, gt=0, description="full-batch optimisation steps on frozen features")
-    lr: float = Field(0.05, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    lr: float = Field(0.05, gt=0, description="Adam learning rate of the linear head")
+    weight_decay: float = Field(1e-4, ge=0, description="L2 penalty of the linear head")
+
+
+class FinetuneConfig(Section):
+    """Fine-tuning a copy of the backbone with a linear head on the probe split (final_metric: finetune)."""
+
+    blocks: int | None = Field(None, ge=0, description="trainable last blocks of the backbone, with what follows them "
+                                                       "(small_cnn: 4 conv blocks; resnet18: 8 residual blocks, "
+                                                       "resnet34/50: 16; vit: 12 transformer blocks); 0 = the head "
+                                                       "alone; null = the whole network, stem included")
+    epochs: int = Field(20, gt=0, description="passes over the probe split (its last partial batch is dropped)")
+    batch_size: int = Field(64, gt=1, description="images per step (capped at the probe split's size)")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate, decayed to 0 along a cosine")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay; not applied to biases and "
+                                                        "norm parameters")
+    flip_p: float = Field(0.0, ge=0, le=1, description="horizontal-flip probability per image, the only augmentation "
+                                                       "(0.5 suits natural images; digits are not mirror-symmetric)")
 
 
 class EvaluationConfig(Section):
-    proxy: Literal["knn"] = "knn"
+    proxy: Literal["knn"] = Field("knn", description="the cheap metric reported to the pruner during pretraining")
     eval_every: int = Field(1, gt=0, description="epochs between proxy evaluations (the last epoch is always evaluated)")
-    final_metric: Literal["linear_probe"] = "linear_probe"
+    final_metric: Literal["linear_probe", "knn", "finetune"] = Field(
+        "linear_probe", description="the delayed metric, the trial's value: trained on the probe split, measured on "
+                                    "the held-out split; linear_probe (frozen features), knn (weighted kNN with "
+                                    "knn.k and knn.temperature) or finetune (see finetune)")
     knn: KnnConfig = KnnConfig()
     linear_probe: LinearProbeConfig = LinearProbeConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 class CollapseRule(Section):

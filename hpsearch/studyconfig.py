@@ -49,12 +49,17 @@ def check_unchanged(study: optuna.Study, cfg: StudyConfig, force: bool) -> None:
     stored = stored_config(study)
     if stored is None or force:
         return
-    old = {k: stored.get(k) for k in SEARCH_DEFINING}
-    new = {k: v for k, v in cfg.model_dump(mode="json").items() if k in SEARCH_DEFINING}
+    old = flatten({k: stored.get(k) for k in SEARCH_DEFINING})
+    new = flatten({k: v for k, v in cfg.model_dump(mode="json").items() if k in SEARCH_DEFINING})
+    # A field a newer hpsearch added is not a change while it keeps its default: the study's
+    # trials ran with the behaviour that default preserves.
+    defaults = flatten(StudyConfig.model_validate({"name": cfg.name, "objective": {"method": cfg.objective.method}})
+                       .model_dump(mode="json"))
+    new = {k: v for k, v in new.items() if k in old or k not in defaults or v != defaults[k]}
     if old == new:
         return
     # One "path: value" line per field, so each changed line names its field in full.
-    old_lines, new_lines = ([f"{k}: {v!r}" for k, v in flatten(tree).items()] for tree in (old, new))
+    old_lines, new_lines = ([f"{k}: {v!r}" for k, v in tree.items()] for tree in (old, new))
     diff = difflib.unified_diff(old_lines, new_lines, "stored with the study", "this study file", lineterm="", n=0)
     raise ConfigChanged(
         f"study {cfg.name!r} exists with a different search; rerun with --force to continue it anyway, "

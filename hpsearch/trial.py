@@ -136,13 +136,15 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
         ctx.on_epoch(trial.number, epoch, metrics)
         if knn is not None and epoch < epochs:
             if epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
-                _stop(trial, epoch, f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
+                explained = getattr(trial.study.pruner, "reasons", {}).get(trial.number)
+                _stop(trial, epoch, explained or f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
             if (reason := first_reason(rules, history)) is not None:
                 _stop(trial, epoch, reason)
         ctx.stop.check()
-    accuracy = session.linear_probe()
-    run.log_metrics({"linear_probe_accuracy": accuracy}, step=epochs)
-    return accuracy
+    final = session.final_metric()  # evaluation.final_metric, overall and per class
+    run.log_metrics(final.metrics(), step=epochs)
+    trial.set_user_attr("worst_class", {"class": final.scores.worst_class, "accuracy": final.scores.worst_accuracy})
+    return final.accuracy
 
 
 def _train_one_epoch(session: Pretraining, evaluate: bool, stop: StopRequest) -> dict[str, float]:
