@@ -1,5 +1,6 @@
 """The `hpsearch` command: `run` a study file, `resume` a study, open the MLflow `ui` on its results,
-`export` a study's curves and `replay` pruning strategies on them."""
+`report` how well its proxies predicted the final metric, `export` a study's curves and `replay`
+pruning strategies on them."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("study_name")
     _add_shared_options(resume)
 
+    report = commands.add_parser("report", help="a study's trials and how well each proxy predicted the final metric")
+    report.add_argument("study_name")
+    report.add_argument("--storage", help="Optuna storage URL (default sqlite:///<workdir>/optuna.db)")
+    report.add_argument("--workdir", help="work directory (default ./hpsearch-runs)")
+    report.add_argument("--json", action="store_true", help="print the calibration records as JSON")
+
     add_replay_commands(commands)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on a work directory, bound to 127.0.0.1")
@@ -51,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return _ui(Path(args.workdir), args.port)
     if args.command in ("replay", "export"):
         return _replay(args)
+    if args.command == "report":
+        return _report(args)
     return _run(args, argv if argv is not None else sys.argv[1:])
 
 
@@ -75,6 +84,24 @@ def _run(args, argv: list[str]) -> int:
         print(f"hpsearch: interrupted ({stop}); the running trial was checkpointed. Continue with: {again}",
               file=sys.stderr)
         return 128 + stop.signum
+    return 0
+
+
+def _report(args) -> int:
+    import optuna
+
+    from hpsearch.report import calibration_json, calibration_records, study_report
+    from hpsearch.runner import locate_study
+    from hpsearch.studyfile import StudyFileError
+
+    try:
+        url, _ = locate_study(args.study_name, storage=args.storage, workdir=args.workdir)
+    except StudyFileError as err:
+        print(f"hpsearch: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=args.study_name, storage=url)
+    print(calibration_json(calibration_records(study.get_trials())) if args.json else study_report(study), end="")
     return 0
 
 

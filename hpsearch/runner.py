@@ -16,9 +16,11 @@ from hpsearch.console import Console, best, counts
 from hpsearch.data import load_splits
 from hpsearch.interrupt import Interrupted, StopRequest
 from hpsearch.pretrain import FINAL_METRIC_KEYS, Pretraining, resolve_device
+from hpsearch.report import calibration_json, calibration_records, calibration_text
 from hpsearch.retry import finished_trials, replaced_numbers, requeue
 from hpsearch.schema import StudyConfig
-from hpsearch.storage import connect, mask, open_study
+from hpsearch.storage import connect, open_study
+from hpsearch.urls import mask
 from hpsearch.studyconfig import check_unchanged, store_config, without_secrets
 from hpsearch.studyfile import StudyFileError, load_study
 from hpsearch.tracking import Tracker
@@ -90,6 +92,8 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
         if top is not None:
             metrics["best_linear_probe_accuracy"] = top.value
         tracker.log_metrics(study_run_id, metrics, step=sum(n.values()))
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            _log_calibration(tracker, study_run_id, study)
         _prune_checkpoints(study, checkpoint_root, cfg.recovery.keep_best)
         console.trial_finished(study, trial)
         if sum(n.values()) >= cfg.n_trials:
@@ -144,6 +148,13 @@ def _prune_checkpoints(study: optuna.Study, root: Path, keep_best: int) -> None:
             checkpoint.remove(root / key)
 
 
+def _log_calibration(tracker: Tracker, run_id: str, study: optuna.Study) -> None:
+    """The calibration table on the parent run, refreshed as trials finish (`hpsearch report` shows it too)."""
+    records = calibration_records(study.get_trials(deepcopy=False))
+    tracker.log_text(run_id, calibration_text(records), "calibration/calibration.txt")
+    tracker.log_text(run_id, calibration_json(records), "calibration/calibration.json")
+
+
 def _measure_baseline(study, cfg, splits, device, tracker, study_run_id, console) -> None:
     """The random-init encoder's scores, measured once per study: the bar SSL has to clear."""
     if "random_init_linear_probe" not in study.user_attrs:
@@ -167,8 +178,8 @@ def _ui_hint(cfg: StudyConfig, workdir: Path, tracking_uri: str, tracker: Tracke
     return f"\nMLflow UI: {command}\n  then open {tracker.runs_url()}"
 
 
-def resume_study(name: str, *, storage: str | None = None, workdir: str | None = None, **overrides: Any) -> optuna.Study:
-    """Continue study `name` from the config stored with it (no study file needed)."""
+def locate_study(name: str, *, storage: str | None = None, workdir: str | None = None):
+    """(storage URL, StudySummary) of study `name`, in `storage` or the work dir's SQLite file."""
     url = storage or f"sqlite:///{Path(workdir or StudyConfig.model_fields['workdir'].default).resolve() / 'optuna.db'}"
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise StudyFileError(f"{mask(url)}: no Optuna storage here; pass --workdir or --storage")
@@ -177,6 +188,12 @@ def resume_study(name: str, *, storage: str | None = None, workdir: str | None =
     if match is None:
         known = ", ".join(s.study_name for s in summaries) or "none"
         raise StudyFileError(f"{mask(url)}: no study named {name!r} (studies there: {known})")
+    return url, match
+
+
+def resume_study(name: str, *, storage: str | None = None, workdir: str | None = None, **overrides: Any) -> optuna.Study:
+    """Continue study `name` from the config stored with it (no study file needed)."""
+    _, match = locate_study(name, storage=storage, workdir=workdir)
     stored = match.user_attrs.get("hpsearch_config")
     if stored is None:
         raise StudyFileError(f"study {name!r} was not created by hpsearch: run it with its study file instead")

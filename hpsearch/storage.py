@@ -9,20 +9,11 @@ import optuna
 
 from hpsearch.pruners import build_pruner
 from hpsearch.schema import StudyConfig
+from hpsearch.urls import mask
 
 
 class StorageError(Exception):
     """The Optuna storage cannot be reached; the message names the URL with the password masked."""
-
-
-def mask(url: str) -> str:
-    """Hide a password in a database URL before it is printed or logged."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def connect(cfg: StudyConfig, url: str, on_stale: Callable | None = None, attempts: int = 4) -> optuna.storages.RDBStorage:

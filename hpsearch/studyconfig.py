@@ -9,7 +9,7 @@ import optuna
 import yaml
 
 from hpsearch.schema import StudyConfig
-from hpsearch.storage import mask
+from hpsearch.urls import mask
 from hpsearch.tracking import flatten
 
 CONFIG_ATTR = "hpsearch_config"

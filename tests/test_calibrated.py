@@ -1,5 +1,6 @@
 """The calibrated pruner inside real in-memory Optuna studies (ask, report, should_prune, tell)."""
 
+import json
 import math
 
 import numpy as np
@@ -151,12 +152,12 @@ def test_bad_arguments_are_refused(args):
         CalibratedPruner(**args)
 
 
-def test_hpsearch_run_uses_the_calibrated_pruner_a_study_file_names(tmp_path):
+def test_hpsearch_run_uses_the_calibrated_pruner_and_reports_its_calibration(tmp_path, mlflow_client):
     import hpsearch
-    from conftest import tiny_study
+    from conftest import run_cli, tiny_study
 
     cfg = tiny_study(tmp_path / "runs", n_trials=4, training={"epochs": 3, "batch_size": 128},
-                     pruning={"name": "calibrated", "args": {"min_trials": 3, "cold_start_trials": 1},
+                     pruning={"name": "calibrated", "args": {"min_trials": 3, "cold_start_trials": 10},
                               "warmup_epochs": 1})
     study = hpsearch.run_study(cfg)
     assert isinstance(study.pruner, CalibratedPruner)
@@ -164,3 +165,18 @@ def test_hpsearch_run_uses_the_calibrated_pruner_a_study_file_names(tmp_path):
     for trial in study.trials:
         if trial.state == optuna.trial.TrialState.PRUNED:
             assert trial.user_attrs["reason"].startswith("calibrated pruner")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+    # The calibration table is kept on the parent run and printed by `hpsearch report`.
+    client = mlflow_client(tmp_path / "runs")
+    parent = client.get_run(study.user_attrs["mlflow_study_run_id"])
+    stored = client.download_artifacts(parent.info.run_id, "calibration/calibration.json", str(tmp_path))
+    records = json.loads(open(stored).read())
+    knn_at_1 = next(r for r in records if r["proxy"] == "knn_accuracy" and r["step"] == 1)
+    assert knn_at_1["n"] == len(complete) >= 3
+    report = run_cli("report", "tiny", "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert f"{len(complete)} complete" in report.stdout
+    assert "knn_accuracy" in report.stdout and "Spearman rho" in report.stdout
+    missing = run_cli("report", "nope", "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr

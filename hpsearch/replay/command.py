@@ -7,9 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from hpsearch.replay.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
-from hpsearch.replay.simulate import SAMPLERS
-from hpsearch.replay.table import Table, TableError
+from hpsearch.replay import DEFAULT_STRATEGIES, SAMPLERS, STRATEGY_NAMES
 
 
 def add_commands(commands) -> None:
@@ -20,7 +18,7 @@ def add_commands(commands) -> None:
                         help=f"comma-separated, from: {', '.join(STRATEGY_NAMES)} (default: %(default)s)")
     replay.add_argument("--seeds", type=_positive, default=100, help="simulated studies per strategy (default 100)")
     replay.add_argument("--workers", type=_positive, default=1, help="asynchronous workers per simulated study (default 1)")
-    replay.add_argument("--gap", type=float, default=1.0,
+    replay.add_argument("--gap", type=_non_negative, default=1.0,
                         help="target: a finished trial within this many points (0.01) of the best (default 1)")
     replay.add_argument("--sampler", choices=SAMPLERS, default="random", help="how configurations are proposed")
     replay.add_argument("--jobs", type=_positive, default=1, help="processes running the simulations (default 1)")
@@ -44,8 +42,19 @@ def _positive(text: str) -> int:
     return value
 
 
-def load_table(source: str, study: str | None) -> Table:
+def _non_negative(text: str) -> float:
+    import argparse
+
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of points >= 0, got {text}")
+    return value
+
+
+def load_table(source: str, study: str | None):
     """A table file, or the curves of a study in any Optuna storage."""
+    from hpsearch.replay.table import Table, TableError
+
     if "://" not in source:
         return Table.load(source)
     if not study:
@@ -53,7 +62,7 @@ def load_table(source: str, study: str | None) -> Table:
     import optuna
     from sqlalchemy.engine import make_url
 
-    from hpsearch.storage import mask
+    from hpsearch.urls import mask
 
     database = make_url(source).database if source.startswith("sqlite") else None
     if database and database != ":memory:" and not Path(database).exists():
@@ -71,6 +80,7 @@ def load_table(source: str, study: str | None) -> Table:
 
 def replay_command(args) -> int:
     from hpsearch.replay.report import format_table, plot, replay, summarize
+    from hpsearch.replay.table import TableError
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
@@ -87,7 +97,7 @@ def replay_command(args) -> int:
                   jobs=args.jobs, progress=progress)
     summary = summarize(table, runs)
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary, allow_nan=False))
     else:
         print(format_table(summary, f"{args.sampler} sampling, {args.workers} worker(s), {args.seeds} seeds, "
                                     f"target within {args.gap:g} point(s) of the best; "))

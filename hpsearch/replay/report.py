@@ -71,9 +71,14 @@ def summarize(table: Table, runs: dict[str, list[Run]]) -> dict:
             "missed_rate": float(np.mean(~np.isfinite(epochs))),
             "pruned_per_trial": float(np.mean([r.pruned / max(r.trials, 1) for r in results])),
         }
-    if "none" in summary:
-        for values in summary.values():
-            values["epochs_to_target_ratio_vs_none"] = values["epochs_to_target_median"] / summary["none"]["epochs_to_target_median"]
+    baseline = summary.get("none", {}).get("epochs_to_target_median")
+    for values in summary.values():
+        ratio = values["epochs_to_target_median"] / baseline if baseline else math.nan
+        values["epochs_to_target_ratio_vs_none"] = ratio
+        # JSON has no infinity: a target never reached (or no `none` to compare with) is null.
+        for key, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                values[key] = None
     return {"study": table.study, "configurations": len(table.trials), "exhaustive_budget_epochs": table.budget,
             "best": table.best(), "strategies": summary}
 
@@ -83,8 +88,8 @@ def format_table(summary: dict, title: str = "") -> str:
             f"epochs, best {summary['best']:.4f}",
             f"{'strategy':<20}{'epochs to target':>17}{'vs none':>9}{'regret@20%':>12}{'top-3 pruned':>14}{'missed':>8}"]
     for name, s in summary["strategies"].items():
-        ratio = s.get("epochs_to_target_ratio_vs_none", math.nan)
-        rows.append(f"{name:<20}{s['epochs_to_target_median']:>17.0f}{ratio:>9.2f}{s['regret_at_20pct']:>12.2f}"
+        epochs, ratio = (s[k] if s[k] is not None else math.inf for k in ("epochs_to_target_median", "epochs_to_target_ratio_vs_none"))
+        rows.append(f"{name:<20}{epochs:>17.0f}{ratio:>9.2f}{s['regret_at_20pct']:>12.2f}"
                     f"{s['top3_pruned_rate']:>14.2f}{s['missed_rate']:>8.2f}")
     return "\n".join(rows)
 

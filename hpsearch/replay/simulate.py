@@ -21,10 +21,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution, json_to_distribution
 
 from hpsearch.calibration import HISTORY_ATTR, REPORTED
+from hpsearch.replay import SAMPLERS
 from hpsearch.replay.strategies import make_pruner
 from hpsearch.replay.table import Recording, Table
-
-SAMPLERS = ("random", "tpe")
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,8 @@ def simulate(table: Table, strategy: str, *, sampler: str = "random", seed: int 
                       else optuna.samplers.RandomSampler(seed=seed))
     epochs = max(r.epochs for r in table.trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # thousands of in-memory studies: no line each
-    study = optuna.create_study(direction=table.direction, sampler=optuna_sampler, pruner=make_pruner(strategy, epochs, seed))
+    # A fixed name: Hyperband assigns brackets by hashing the study name with the trial number.
+    study = optuna.create_study(study_name=f"replay-{seed}", direction=table.direction, sampler=optuna_sampler, pruner=make_pruner(strategy, epochs, seed))
     chooser = _Chooser(table, sampler, seed)
     target, top = target_value(table, gap), top_indices(table)
     better = (lambda v: v >= target) if table.direction == "maximize" else (lambda v: v <= target)

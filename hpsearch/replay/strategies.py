@@ -9,6 +9,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.calibrated import CalibratedPruner
+from hpsearch.replay import STRATEGY_NAMES
 
 
 class TopKAfterFirstStep(optuna.pruners.BasePruner):
@@ -40,8 +41,7 @@ def _strategies(epochs: int) -> dict[str, Callable[[int], optuna.pruners.BasePru
     }
 
 
-STRATEGY_NAMES = list(_strategies(1))
-DEFAULT_STRATEGIES = ["none", "median", "hyperband", "top5_after_1", "calibrated"]
+assert tuple(_strategies(1)) == STRATEGY_NAMES, "hpsearch/replay/__init__.py lists the strategy names"
 
 
 def make_pruner(name: str, epochs: int, seed: int) -> optuna.pruners.BasePruner:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,14 +72,18 @@ class Table:
         try:
             raw = path.read_bytes()
             tree = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
-        except (OSError, ValueError, EOFError) as err:
+        except (OSError, ValueError, EOFError, zlib.error) as err:
             raise TableError(f"{path}: cannot read a replay table ({err})") from None
         if not isinstance(tree, dict) or tree.get("format") != FORMAT:
             raise TableError(f"{path}: not a replay table (expected format {FORMAT!r}; write one with `hpsearch export`)")
         tree.pop("format")
-        trials = [Recording(**{**r, "curves": {p: {int(s): v for s, v in c.items()} for p, c in r["curves"].items()}})
-                  for r in tree.pop("trials")]
-        return cls(trials=trials, **tree)._checked(str(path))
+        try:
+            trials = [Recording(**{**r, "curves": {p: {int(s): v for s, v in c.items()} for p, c in r["curves"].items()}})
+                      for r in tree.pop("trials")]
+            table = cls(trials=trials, **tree)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise TableError(f"{path}: a damaged replay table ({type(err).__name__}: {err})") from None
+        return table._checked(str(path))
 
     @classmethod
     def from_study(cls, study: optuna.Study, command: str = "") -> "Table":
