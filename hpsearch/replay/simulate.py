@@ -42,18 +42,22 @@ class _Job:
 
     def __init__(self, trial: optuna.Trial, index: int, recording: Recording, primary: str, history: bool):
         self.trial, self.index, self.recording = trial, index, recording
-        self.curve = recording.curves[primary]
+        self.curve = recording.curves.get(primary, {})  # empty: diverged before its first evaluation
         self.steps = sorted(self.curve)
         self.position = 0
         self.history = history
 
     def step_cost(self) -> float:
+        if not self.steps:
+            return self.recording.epochs
         end = self.steps[self.position] if self.position < len(self.steps) - 1 else self.recording.epochs
         start = self.steps[self.position - 1] if self.position else 0
         return max(end - start, 0)
 
     def advance(self) -> str | None:
         """Report the next step; returns "complete", "pruned" or None (keeps running)."""
+        if not self.steps:
+            return "pruned"
         step = self.steps[self.position]
         self.trial.report(self.curve[step], step)
         if self.history:

@@ -110,7 +110,7 @@ class Table:
         if len(finals) < 2:
             raise TableError(f"{where}: {len(finals)} finished trials with intermediate values; a replay needs at "
                              f"least 2 (skipped: {self.skipped or 'none'})")
-        missing = [r.number for r in self.trials if not r.curves.get(self.primary)]
+        missing = [r.number for r in self.trials if r.final is not None and not r.curves.get(self.primary)]
         if missing:
             raise TableError(f"{where}: trials {missing[:5]} have no {self.primary!r} curve")
         return self
@@ -120,10 +120,10 @@ def _recording(trial: optuna.trial.FrozenTrial) -> Recording | None:
     diverged = trial.state == TrialState.PRUNED and str(trial.user_attrs.get("reason", "")).startswith("diverged")
     if trial.state != TrialState.COMPLETE and not diverged:
         return None
-    curves = proxy_curves(trial)
-    if not any(curves.values()):
-        return None
-    last = max(max(c) for c in curves.values() if c)
+    curves = {proxy: curve for proxy, curve in proxy_curves(trial).items() if curve}
+    if not curves and not diverged:
+        return None  # a diverged trial may have no evaluation at all: it still cost its epochs
+    last = max((max(c) for c in curves.values()), default=1)
     epochs = int(trial.user_attrs.get("epochs_trained", last))
     seconds = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 2) \
         if trial.datetime_complete and trial.datetime_start else None
