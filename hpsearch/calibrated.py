@@ -8,7 +8,7 @@ how well each proxy at each step ranks the final metric (Spearman rho, `calibrat
   own, so no trial waits for another and any number of workers can share the study;
 - at a rung, picks the proxy with the highest |rho| at that step (within the trial's method when
   enough trials of it finished: rank-type proxies are not comparable across methods); where no
-  proxy reaches `min_rho` it does not prune at all;
+  proxy reaches `min_rho`, or is not significant for the number of trials, it does not prune;
 - predicts the final metric from that proxy by a least-squares line over the finished trials,
   with a bootstrap over trials plus resampled residuals for the uncertainty;
 - once the curve has 3 evaluations, also extrapolates the trial's own primary curve to the last
@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.calibration import REPORTED, proxy_curves, spearman
 from hpsearch.extrapolation import forecast
 
+SIGNIFICANCE_Z = 1.645  # one-sided 5% test of "this proxy ranks the finals"
 PRIMARY = ("knn_accuracy", REPORTED)  # the curve extrapolated: the proxy trials report to Optuna
 
 
@@ -161,7 +162,10 @@ def _best_proxy(curves: dict[str, dict[int, float]], step: int, group: list[_Fin
             continue
         x, y = np.array(pairs).T
         rho = spearman(x, y)
-        if math.isfinite(rho) and abs(rho) >= min_rho and (best is None or abs(rho) > abs(best[1])):
+        # Trusted only when significant too: |rho| * sqrt(n - 1) is ~N(0, 1) for unrelated ranks,
+        # so few trials need a higher rho (n 5: 0.82, n 8: 0.62, n 12: 0.50).
+        needed = max(min_rho, SIGNIFICANCE_Z / math.sqrt(len(pairs) - 1))
+        if math.isfinite(rho) and abs(rho) >= needed and (best is None or abs(rho) > abs(best[1])):
             best = (proxy, rho, len(pairs))
     return best
 

@@ -53,6 +53,19 @@ class DataConfig(Section):
     pretrain_size: int | None = Field(None, gt=0, description="unlabelled pretraining images; null = all of train "
                                                               "(+ unlabeled), or for digits all but eval")
     split_seed: int = Field(0, description="seed of the stratified splits (fixed across trials)")
+    stream: Literal["auto", "always", "never"] = Field(
+        "auto", description="imagefolder only: decode the pretraining images from their files batch by batch "
+                            "in DataLoader workers instead of holding them decoded in memory; auto = when they "
+                            "would exceed memory_limit_gb. The probe and eval images are always decoded into "
+                            "memory. Array-backed sources (digits, cifar10, cifar100, stl10, svhn, mnist, "
+                            "fashion_mnist) are always held in memory (their files are arrays already), so "
+                            "`always` is an error for them")
+    memory_limit_gb: float = Field(4.0, gt=0, description="stream: auto streams when the decoded unlabelled "
+                                                          "pretraining images, N x 3 x image_size^2 bytes, exceed "
+                                                          "this many GB (10^9 bytes)")
+    workers: int = Field(2, ge=0, description="when streaming: DataLoader worker processes that decode the "
+                                              "pretraining images (augmentation stays on the training device); "
+                                              "0 = decode in the training process")
 
     @field_validator("dataset")
     @classmethod
@@ -67,6 +80,9 @@ class DataConfig(Section):
                                           f"{source.layout('<root>')}")
         if self.download and not source.can_download:
             raise FieldError("data.download", f"dataset {self.dataset!r} cannot be downloaded; expected false")
+        if self.stream == "always" and not source.streams:
+            raise FieldError("data.stream", f"dataset {self.dataset!r} is always held in memory (its files are "
+                                            f"arrays already); expected auto or never")
         if self.eval_size is None and not source.has_test_split:
             self.eval_size = 400  # 22% of digits' 1,797 images (the value before test splits existed)
         return self

@@ -1,4 +1,5 @@
-"""The on-disk cache of decoded splits: uint8 tensors keyed by source, files and image size."""
+"""The on-disk cache of decoded splits: uint8 tensors keyed by source, files and image size (and, for the
+probe and eval subsets and pixel statistics of a streamed dataset, by the selected files)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from hpsearch.data.sources import DATASETS, first_line
+from hpsearch.data.sources import DATASETS, _decode, first_line
 
 CACHE_FORMAT = 1  # part of every cache key: bump it when what a cache file holds changes
 
@@ -32,19 +35,40 @@ def load_split(name: str, root: Path, split: str, image_size: int, *, download: 
     """One split of a source, from the cache when an entry for these files and this size exists."""
     source = DATASETS[name]
     path = cache_path(directory, name, root, split, image_size, source.check(root, split, download))
+    cached = load_or_make(path, lambda: dict(zip(("images", "labels"), source.read(root, split, image_size))))
+    return cached["images"], cached["labels"]
+
+
+def selection_key(indices) -> str:
+    """A short stand-in for a list of positions in a cache key (a streamed set can pick millions)."""
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
+
+
+def load_subset(name: str, root: Path, split: str, image_size: int, files: list[str], indices, *,
+                fingerprint: list, directory: Path) -> Tensor:
+    """The images of `files[indices]` of one split (decoded by `decode_image`, as a whole split is),
+    from the cache when an entry for these files, this selection and this size exists. Used for the
+    probe and eval images when the pretraining images stream."""
+    path = cache_path(directory, name, root, f"{split}-subset", image_size, [fingerprint, selection_key(indices)])
+    return load_or_make(path, lambda: {"images": _decode([files[i] for i in indices], image_size)})["images"]
+
+
+def load_or_make(path: Path, make: Callable[[], dict]) -> dict:
+    """The dict of tensors cached at `path`; else `make()`, written there atomically (a cache that
+    cannot be written only costs a warning)."""
     try:
-        cached = torch.load(path, weights_only=True)
-        return cached["images"], cached["labels"]
+        return torch.load(path, weights_only=True)
     except FileNotFoundError:
         pass
     except Exception as err:  # truncated or foreign file: decode again and overwrite it
-        warnings.warn(f"hpsearch: ignoring unreadable data cache {path} ({first_line(err)})", stacklevel=2)
-    images, labels = source.read(root, split, image_size)
+        warnings.warn(f"hpsearch: ignoring unreadable data cache {path} ({first_line(err)})", stacklevel=3)
+    made = make()
     try:
-        _save_atomically({"images": images, "labels": labels}, path)
+        _save_atomically(made, path)
     except OSError as err:
-        warnings.warn(f"hpsearch: cannot write the data cache {path} ({err.strerror or err}); continuing without it", stacklevel=2)
-    return images, labels
+        warnings.warn(f"hpsearch: cannot write the data cache {path} ({err.strerror or err}); continuing without it",
+                      stacklevel=3)
+    return made
 
 
 def _save_atomically(obj, path: Path) -> None:

@@ -24,6 +24,7 @@ class Source:
     has_test_split = True
     needs_root = True
     can_download = False
+    streams = False  # made of image files that can be decoded one at a time (data.stream)
 
     def layout(self, root: str) -> str:
         """What a study's data.root must hold, for messages."""
@@ -36,6 +37,10 @@ class Source:
         raise NotImplementedError
 
     def read(self, root: Path | None, split: str, image_size: int) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def files(self, root: Path, split: str) -> tuple[list[str], list[int]]:
+        """A streaming source's image files of one split, in `read` order, and their labels."""
         raise NotImplementedError
 
 
@@ -122,7 +127,7 @@ class ImageFolder(Source):
     (antialiased bilinear) and the centre square kept. Grey images stay one channel unless the
     dataset mixes them with colour ones. Class indices follow the sorted train/ folder names."""
 
-    title = "ImageFolder"
+    title, streams = "ImageFolder", True
 
     def layout(self, root: str) -> str:
         return f"{root}/train/<class>/ and {root}/test/<class>/ folders of images (and optionally {root}/unlabeled/)"
@@ -137,6 +142,9 @@ class ImageFolder(Source):
     def read(self, root, split, image_size):
         files, labels = self._list(root, split)
         return _decode(files, image_size), torch.tensor(labels, dtype=torch.int64)
+
+    def files(self, root, split):
+        return self._list(root, split)
 
     def _classes(self, root: Path) -> list[str]:
         if not root.is_dir():
@@ -213,26 +221,54 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes decoded as one grey channel; all others as RGB
+
+
+def decode_image(path: str, image_size: int) -> np.ndarray:
+    """PIL-decode one image file: the shorter side resized (antialiased bilinear) to image_size and
+    the centre square kept. uint8 [S, S] for a grey image, [S, S, 3] otherwise. The one decode of
+    image files: the cache (`_decode`) and streaming (`hpsearch.data.streaming`) both call it, so a
+    streamed image equals the cached one bit for bit."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            mode = "L" if img.mode in GREY_MODES else "RGB"
+            img.draft(mode, (image_size, image_size))  # JPEG: decode at a reduced scale when much larger
+            img = img.convert(mode)
+            if img.size != (image_size, image_size):
+                img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"data.root: cannot decode {path} ({first_line(err)}); expected an image file") from None
+
+
+def is_colour(path: str) -> bool:
+    """Whether `decode_image` gives this file three channels; reads the header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.mode not in GREY_MODES
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"data.root: cannot decode {path} ({first_line(err)}); expected an image file") from None
+
+
+def as_chw(array: np.ndarray, channels: int) -> Tensor:
+    """One decoded image as uint8 [channels, S, S]; a grey image is repeated into 3 channels when
+    `channels` is 3 (as the cache does for a split that mixes grey and colour images)."""
+    image = torch.from_numpy(np.ascontiguousarray(array))
+    image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
+    return image.expand(channels, -1, -1).contiguous() if image.shape[0] != channels else image.contiguous()
+
+
 def _decode(files: list[str], image_size: int) -> Tensor:
-    """PIL-decode and resize every file into one uint8 [N, C, S, S] tensor.
+    """PIL-decode and resize every file into one uint8 [N, C, S, S] tensor (`decode_image` each).
 
     Serial on purpose: on this project's 2-core machines a 2-process pool was no faster (measured
     0.91-0.94x under load), and decoding happens once per cache entry.
     """
-    from PIL import Image, ImageOps
-
-    arrays = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-                img.draft(mode, (image_size, image_size))  # JPEG: decode at a reduced scale when much larger
-                img = img.convert(mode)
-                if img.size != (image_size, image_size):
-                    img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
-                arrays.append(np.asarray(img))
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise ValueError(f"data.root: cannot decode {path} ({first_line(err)}); expected an image file") from None
+    arrays = [decode_image(path, image_size) for path in files]
     if any(a.ndim == 3 for a in arrays):
         arrays = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
     else:
