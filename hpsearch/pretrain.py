@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from hpsearch.backbones import build_backbone
-from hpsearch.data import Splits
+from hpsearch.data import Splits, pretrain_batches
 from hpsearch.optim import build_optimizer, warmup_cosine
 from hpsearch.probes import (ClassAccuracy, class_accuracy, extract_features, finetune_predict, knn_accuracy,
                              knn_predict, linear_probe_predict)
@@ -117,11 +117,11 @@ class Pretraining:
             self._order = torch.randperm(len(self.splits.pretrain), generator=self.generator)
             self._position, self._loss_sum, self._elapsed = 0, torch.zeros(()), 0.0
             self._epoch_lr = self.optimizer.param_groups[0]["lr"]
-        order = self._order.to(self.device)
         loss_sum = self._loss_sum.to(self.device)  # summed on device: no host sync per step
         size = self.cfg.data.image_size
-        while self._position < self.steps_per_epoch:
-            images = self.splits.pretrain[order[self._position * self.batch_size:(self._position + 1) * self.batch_size]]
+        # In memory or streamed from the files (data.stream): the same batches, from the same position.
+        for images in pretrain_batches(self.splits.pretrain, self._order, self._position, self.batch_size):
+            images = images.to(self.device, non_blocking=True)  # already there unless the splits were not moved
             views = self.method.make_views(images, self.cfg.augment, size, self.generator)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 loss = self.method.training_loss(self._normalise(views)).float()

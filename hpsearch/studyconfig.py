@@ -17,6 +17,8 @@ CONFIG_ATTR = "hpsearch_config"
 # n_trials, the work dir, storage, tracking and recovery settings may change freely.
 SEARCH_DEFINING = ("seed", "data", "model", "objective", "augment", "training", "evaluation",
                    "search_space", "sampler", "pruning")
+# Fields inside those sections that change where or how fast data is read, never the results.
+RESULT_NEUTRAL = ("data.stream", "data.workers", "data.memory_limit_gb", "data.cache_dir")
 
 
 class ConfigChanged(Exception):
@@ -56,6 +58,7 @@ def check_unchanged(study: optuna.Study, cfg: StudyConfig, force: bool) -> None:
     defaults = flatten(StudyConfig.model_validate({"name": cfg.name, "objective": {"method": cfg.objective.method}})
                        .model_dump(mode="json"))
     new = {k: v for k, v in new.items() if k in old or k not in defaults or v != defaults[k]}
+    old, new = ({k: v for k, v in tree.items() if k not in RESULT_NEUTRAL} for tree in (old, new))
     if old == new:
         return
     # One "path: value" line per field, so each changed line names its field in full.

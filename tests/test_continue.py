@@ -79,3 +79,14 @@ def test_a_field_added_by_a_newer_hpsearch_does_not_block_an_older_study(tmp_pat
     with pytest.raises(ConfigChanged, match=r"\+evaluation.final_metric: 'knn'"):
         check_unchanged(study, cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"final_metric": "knn"})}),
                         force=False)
+
+
+def test_how_data_is_read_is_not_part_of_the_search(tmp_path):
+    from hpsearch.schema import StudyConfig
+    from hpsearch.studyconfig import check_unchanged, store_config
+
+    cfg = StudyConfig.model_validate(tiny_study(tmp_path))
+    study = optuna.create_study()
+    store_config(study, cfg)
+    data = cfg.data.model_copy(update={"stream": "never", "workers": 0, "memory_limit_gb": 1.0, "cache_dir": "elsewhere"})
+    check_unchanged(study, cfg.model_copy(update={"data": data}), force=False)

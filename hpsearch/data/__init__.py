@@ -10,10 +10,14 @@ Sources (`DATASETS`, keyed by the lower-case name a study file writes):
   from `data.root` and downloaded there only when `data.download` is true.
 - `imagefolder`: `root/train/<class>/*`, `root/test/<class>/*` and optionally `root/unlabeled/**`.
 A source with a test split gives eval from test, probe from train, pretraining from train plus its
-unlabelled split. Its splits are decoded once per image size and cached on disk as uint8 tensors.
+unlabelled split. Its splits are decoded once per image size and cached on disk as uint8 tensors;
+an image-file source too large for memory (`data.stream`) streams its pretraining images instead
+(`StreamedImages`), and `pretrain_batches` fetches training batches from either.
 """
 
 from hpsearch.data.sources import DATASETS, Source
-from hpsearch.data.splits import Splits, load_splits, make_splits, stratified_pick
+from hpsearch.data.splits import Splits, load_splits, make_splits, pretrain_batches, stratified_pick
+from hpsearch.data.streaming import StreamedImages
 
-__all__ = ["DATASETS", "Source", "Splits", "load_splits", "make_splits", "stratified_pick"]
+__all__ = ["DATASETS", "Source", "Splits", "StreamedImages", "load_splits", "make_splits", "pretrain_batches",
+           "stratified_pick"]

@@ -257,9 +257,10 @@ def is_colour(path: str) -> bool:
 def as_chw(array: np.ndarray, channels: int) -> Tensor:
     """One decoded image as uint8 [channels, S, S]; a grey image is repeated into 3 channels when
     `channels` is 3 (as the cache does for a split that mixes grey and colour images)."""
-    image = torch.from_numpy(np.ascontiguousarray(array))
-    image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
-    return image.expand(channels, -1, -1).contiguous() if image.shape[0] != channels else image.contiguous()
+    image = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    if image.shape[0] != channels:
+        image = np.repeat(image, channels, axis=0)
+    return torch.from_numpy(np.array(image, order="C"))  # a copy: PIL's arrays are read-only
 
 
 def _decode(files: list[str], image_size: int) -> Tensor:
