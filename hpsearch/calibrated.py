@@ -16,8 +16,9 @@ how well each proxy at each step ranks the final metric (Spearman rho, `calibrat
   (BYOL, SimSiam) is judged by where it is going;
 - prunes when both predictions give P(final >= k-th best final so far) < `min_probability`.
 
-Until `min_trials` trials have finished it is a median rule on the primary proxy (Optuna's
-safe default). Values are made "higher is better" by the study's direction.
+Until `min_trials` trials have finished it is a median rule on the primary proxy against every
+trial that reached the same step, running ones included (so a first wave of many workers is not
+waited for). Values are made "higher is better" by the study's direction.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class _Finished:
 
 
 class CalibratedPruner(optuna.pruners.BasePruner):
-    def __init__(self, *, min_trials: int = 8, min_rho: float = 0.5, top_k: int = 3, min_probability: float = 0.05,
-                 reduction_factor: int = 3, min_resource: int = 1, cold_start_trials: int = 5,
+    def __init__(self, *, min_trials: int = 4, min_rho: float = 0.5, top_k: int = 3, min_probability: float = 0.05,
+                 reduction_factor: int = 3, min_resource: int = 1, cold_start_trials: int = 3,
                  method_param: str = "objective.method", n_bootstrap: int = 128, seed: int = 0):
         for name, value, low in (("min_trials", min_trials, 3), ("top_k", top_k, 1), ("reduction_factor", reduction_factor, 2),
                                  ("min_resource", min_resource, 1), ("cold_start_trials", cold_start_trials, 1),
@@ -93,8 +94,10 @@ class CalibratedPruner(optuna.pruners.BasePruner):
         return False
 
     def _median_rule(self, study: optuna.Study, trial: FrozenTrial, step: int, sign: float, n_finished: int) -> bool:
-        others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                  if step in t.intermediate_values and t.number != trial.number]
+        # Every other trial that reached this step counts, running ones too (as in ASHA): the
+        # first wave of many workers is judged against itself instead of waiting for finishers.
+        others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+                  if step in t.intermediate_values and t.number != trial.number and t.state != TrialState.FAIL]
         others = [sign * v for v in others if math.isfinite(v)]
         value = trial.intermediate_values[step]
         if len(others) < self.cold_start_trials or not math.isfinite(value):
