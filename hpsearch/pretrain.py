@@ -20,6 +20,7 @@ from hpsearch.probes import (ClassAccuracy, class_accuracy, extract_features, fi
 from hpsearch.proxies import alignment, alpha_req, normalised_std, rankme, uniformity
 from hpsearch import augment
 from hpsearch.interrupt import StopRequest
+from hpsearch.online_probe import OnlineProbe
 from hpsearch.schema import StudyConfig
 from objectives import METHODS
 
@@ -65,6 +66,7 @@ class EpochStats:
     ssl_loss: float
     lr: float
     epoch_time: float
+    online_accuracy: float | None = None  # the online linear probe's over the epoch (None: no labels)
 
 
 class Pretraining:
@@ -99,6 +101,9 @@ class Pretraining:
                                        self.total_steps)
         self.epoch = 0  # completed epochs
         self._order: Tensor | None = None  # the running epoch's shuffle; None between epochs
+        labels = splits.pretrain_labels
+        self.online_probe = (OnlineProbe(self.method.backbone, feature_dim, splits.num_classes, device)
+                             if labels is not None and bool((labels >= 0).any()) else None)
 
     def _normalise(self, views: list[Tensor]) -> list[Tensor]:
         mean = self.splits.mean.view(1, -1, 1, 1)
@@ -130,6 +135,9 @@ class Pretraining:
             self.optimizer.step()
             self.scheduler.step()
             self.method.on_step_end(self.scheduler.last_epoch, self.total_steps)
+            if self.online_probe is not None:
+                batch = self._order[self._position * self.batch_size:(self._position + 1) * self.batch_size]
+                self.online_probe.step(self.splits.pretrain_labels[batch.to(self.splits.pretrain_labels.device)].to(self.device))
             loss_sum += loss.detach()
             self._position += 1
             if stop is not None and stop.requested:
@@ -140,7 +148,8 @@ class Pretraining:
         self._order = None
         if not math.isfinite(mean_loss):
             raise Diverged(f"SSL loss is {mean_loss} at epoch {self.epoch}")
-        return EpochStats(self.epoch, mean_loss, self._epoch_lr, self._elapsed + time.perf_counter() - start)
+        online = self.online_probe.epoch_accuracy() if self.online_probe is not None else None
+        return EpochStats(self.epoch, mean_loss, self._epoch_lr, self._elapsed + time.perf_counter() - start, online)
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit for bit: weights (targets, queues and centres are
@@ -155,6 +164,8 @@ class Pretraining:
             "python_rng": random.getstate(),
             "numpy_rng": _numpy_rng_state(),
         }
+        if self.online_probe is not None:
+            state["online_probe"] = self.online_probe.state_dict()
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         if self._order is not None:  # interrupted mid-epoch
@@ -167,6 +178,8 @@ class Pretraining:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
+        if self.online_probe is not None and "online_probe" in state:
+            self.online_probe.load_state_dict(state["online_probe"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])

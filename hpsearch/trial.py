@@ -153,6 +153,8 @@ def _train_one_epoch(session: Pretraining, evaluate: bool, stop: StopRequest) ->
     metrics = {"ssl_loss": stats.ssl_loss, "lr": stats.lr, "epoch_time_s": stats.epoch_time}
     if evaluate:
         metrics.update(session.proxies())
+        if stats.online_accuracy is not None:
+            metrics["online_linear_accuracy"] = stats.online_accuracy
     return metrics
 
 
