@@ -8,13 +8,17 @@ how well each proxy at each step ranks the final metric (Spearman rho, `calibrat
   own, so no trial waits for another and any number of workers can share the study;
 - at a rung, picks the proxy with the highest |rho| at that step (within the trial's method when
   enough trials of it finished: rank-type proxies are not comparable across methods); where no
-  proxy reaches `min_rho`, or is not significant for the number of trials, it does not prune;
+  proxy reaches `min_rho`, or is not significant for the number of trials, it does not prune.
+  Proxies other than the reported one (kNN) compete only on 3 * min_trials trials and a
+  Bonferroni-corrected test: the best of seven noisy correlations is otherwise noise;
 - predicts the final metric from that proxy by a least-squares line over the finished trials,
   with a bootstrap over trials plus resampled residuals for the uncertainty;
 - once the curve has 3 evaluations, also extrapolates the trial's own primary curve to the last
   step (`extrapolation.py`) and maps it through the same line at that step, so a slow starter
   (BYOL, SimSiam) is judged by where it is going;
-- prunes when both predictions give P(final >= k-th best final so far) < `min_probability`.
+- prunes when both predictions give P(final >= k-th best final so far - `margin`) below
+  `min_probability`, and never a trial that looks at least as good at this step as a finished
+  trial that reached that bar did.
 
 Until `min_trials` trials have finished it is a median rule on the primary proxy against every
 trial that reached the same step, running ones included (so a first wave of many workers is not
@@ -34,6 +38,7 @@ from hpsearch.calibration import REPORTED, proxy_curves, spearman
 from hpsearch.extrapolation import forecast
 
 SIGNIFICANCE_Z = 1.645  # one-sided 5% test of "this proxy ranks the finals"
+SIGNIFICANCE_Z_ANY_OF_SEVEN = 2.45  # the same test, Bonferroni-corrected for the seven proxies hpsearch records
 PRIMARY = ("knn_accuracy", REPORTED)  # the curve extrapolated: the proxy trials report to Optuna
 
 
@@ -48,8 +53,8 @@ class _Finished:
 
 class CalibratedPruner(optuna.pruners.BasePruner):
     def __init__(self, *, min_trials: int = 4, min_rho: float = 0.5, top_k: int = 3, min_probability: float = 0.05,
-                 reduction_factor: int = 3, min_resource: int = 1, cold_start_trials: int = 3,
-                 method_param: str = "objective.method", n_bootstrap: int = 128, seed: int = 0):
+                 reduction_factor: int = 3, min_resource: int = 1, cold_start_trials: int = 2,
+                 margin: float = 0.01, method_param: str = "objective.method", n_bootstrap: int = 128, seed: int = 0):
         for name, value, low in (("min_trials", min_trials, 3), ("top_k", top_k, 1), ("reduction_factor", reduction_factor, 2),
                                  ("min_resource", min_resource, 1), ("cold_start_trials", cold_start_trials, 1),
                                  ("n_bootstrap", n_bootstrap, 8)):
@@ -61,7 +66,9 @@ class CalibratedPruner(optuna.pruners.BasePruner):
             raise ValueError(f"min_probability must be in (0, 1), got {min_probability}")
         self.min_trials, self.min_rho, self.top_k, self.min_probability = min_trials, min_rho, top_k, min_probability
         self.eta, self.min_resource, self.cold_start_trials = reduction_factor, min_resource, cold_start_trials
-        self.method_param, self.n_bootstrap, self.seed = method_param, n_bootstrap, seed
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.margin, self.method_param, self.n_bootstrap, self.seed = margin, method_param, n_bootstrap, seed
         self.reasons: dict[int, str] = {}  # trial number -> why it was pruned (read by the trial loop)
         self._cache: tuple[int, list[_Finished]] | None = None
 
@@ -113,19 +120,28 @@ class CalibratedPruner(optuna.pruners.BasePruner):
         method = trial.params.get(self.method_param)
         same = [f for f in finished if f.method == method]
         group = same if len(same) >= self.min_trials else finished
-        threshold = sorted((f.final for f in finished), reverse=True)[min(self.top_k, len(finished)) - 1]
+        # The bar: the top_k-th best final so far, less `margin` (the final metric's own noise:
+        # a trial that would end within it of the bar is as good as in the top k).
+        threshold = sorted((f.final for f in finished), reverse=True)[min(self.top_k, len(finished)) - 1] - self.margin
         curves = proxy_curves(trial)
         choice = _best_proxy(curves, step, group, self.min_trials, self.min_rho)
         if choice is None:
             return None  # no proxy predicts the final metric at this step: keep training
         proxy, rho, n = choice
+        value = curves[proxy][step]
+        # Never prune a trial that looks at least as good as a finished trial that did reach the bar
+        # looked at this step: the line is least reliable in the tail where the winners are.
+        reached = [np.sign(rho) * f.curves[proxy][step] for f in group
+                   if f.final >= threshold and step in f.curves.get(proxy, {})]
+        if reached and np.sign(rho) * value >= min(reached):
+            return None
         rng = np.random.default_rng([self.seed, trial.number, step])
-        p_now = _probability_above(group, proxy, step, curves[proxy][step], threshold, self.n_bootstrap, rng)
+        p_now = _probability_above(group, proxy, step, value, threshold, self.n_bootstrap, rng)
         p_later = self._extrapolated_probability(curves, group, threshold, rng)
         probability = max(p_now, p_later)
         if probability >= self.min_probability:
             return None
-        return (f"calibrated pruner: P(final >= top-{self.top_k} {sign * threshold:.4f}) = {probability:.3f} from "
+        return (f"calibrated pruner: P(final >= top-{self.top_k} - margin = {sign * threshold:.4f}) = {probability:.3f} from "
                 f"{proxy} at step {step} (rho {rho:.2f}, n {n})")
 
     def _extrapolated_probability(self, curves, group: list[_Finished], threshold: float, rng) -> float:
@@ -166,8 +182,14 @@ def _best_proxy(curves: dict[str, dict[int, float]], step: int, group: list[_Fin
         x, y = np.array(pairs).T
         rho = spearman(x, y)
         # Trusted only when significant too: |rho| * sqrt(n - 1) is ~N(0, 1) for unrelated ranks,
-        # so few trials need a higher rho (n 5: 0.82, n 8: 0.62, n 12: 0.50).
-        needed = max(min_rho, SIGNIFICANCE_Z / math.sqrt(len(pairs) - 1))
+        # so few trials need a higher rho (n 5: 0.82, n 8: 0.62, n 12: 0.50). The other proxies
+        # compete with the primary one only on more trials and a test corrected for the number of
+        # proxies tried: picking the best of seven noisy correlations otherwise picks noise.
+        primary = proxy in PRIMARY
+        if not primary and len(pairs) < 3 * min_trials:
+            continue
+        z = SIGNIFICANCE_Z if primary else SIGNIFICANCE_Z_ANY_OF_SEVEN
+        needed = max(min_rho, z / math.sqrt(len(pairs) - 1))
         if math.isfinite(rho) and abs(rho) >= needed and (best is None or abs(rho) > abs(best[1])):
             best = (proxy, rho, len(pairs))
     return best

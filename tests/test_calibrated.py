@@ -74,6 +74,9 @@ def test_keeps_a_trial_that_can_reach_the_top():
     assert first_prune(calibrated_study(LEVELS), saturating(0.79)) is None
     assert sorted(LEVELS)[-3] < 0.72  # just above the third best final
     assert first_prune(calibrated_study(LEVELS), saturating(0.72)) is None
+    # Within `margin` below it counts too: the final metric is that noisy.
+    assert first_prune(calibrated_study(LEVELS), saturating(sorted(LEVELS)[-3] - 0.005)) is None
+    assert first_prune(calibrated_study(LEVELS), saturating(sorted(LEVELS)[-3] - 0.05)) == 1
 
 
 def test_decides_only_at_rungs():
@@ -104,7 +107,7 @@ def test_a_slow_starter_is_judged_by_where_its_curve_is_going():
 
 
 def test_uses_the_most_predictive_proxy():
-    pruner = CalibratedPruner(min_trials=8, seed=0)
+    pruner = CalibratedPruner(min_trials=4, seed=0)  # other proxies than kNN need 3 * min_trials
     study = optuna.create_study(direction="maximize", pruner=pruner)
     rng = np.random.default_rng(1)
     for level in LEVELS:  # kNN is noise here, while rankme tracks the final exactly
@@ -146,7 +149,8 @@ def test_within_one_method_when_enough_of_it_finished():
     assert first_prune(study, lambda t: 0.2 * saturating(0.2)(t), params=method) == 1
 
 
-@pytest.mark.parametrize("args", [{"min_trials": 2}, {"min_rho": 1.5}, {"min_probability": 0}, {"reduction_factor": 1}])
+@pytest.mark.parametrize("args", [{"min_trials": 2}, {"min_rho": 1.5}, {"min_probability": 0}, {"reduction_factor": 1},
+                                  {"margin": -0.1}])
 def test_bad_arguments_are_refused(args):
     with pytest.raises(ValueError, match=next(iter(args))):
         CalibratedPruner(**args)
