@@ -66,6 +66,8 @@ def main() -> None:
         print()
         print(format_table(summary, f"{name}, {args.seeds} seeds ({time.perf_counter() - start:.0f} s): "))
         print(_verdict(summary["strategies"]))
+    if args.quick:
+        return  # measures nothing: leave the committed figures alone
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"table": str(args.table), "seeds": args.seeds, "gap": args.gap,
