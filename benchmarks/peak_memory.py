@@ -217,7 +217,7 @@ def main(argv=None) -> None:
 
     # The batch-squared term and its ceiling.
     logits = run_child(["--child-logits", "--logits-batches", *map(str, args.logits_batches)], args.timeout)
-    print(f"\nSimCLR NT-Xent: one 2B x 2B float32 similarity matrix is 16 B^2 bytes: "
+    print("\nSimCLR NT-Xent: one 2B x 2B float32 similarity matrix is 16 B^2 bytes: "
           + ", ".join(f"B={b}: {16 * b * b / MB:,.0f} MB" for b in args.batches) + ".")
     if "error" in logits:
         print(f"  NT-Xent alone: {logits['error']}")

@@ -63,10 +63,10 @@ class CalibratedPruner(optuna.pruners.BasePruner):
             raise ValueError(f"min_rho must be in [0, 1], got {min_rho}")
         if not 0 < min_probability < 1:
             raise ValueError(f"min_probability must be in (0, 1), got {min_probability}")
-        self.min_trials, self.min_rho, self.top_k, self.min_probability = min_trials, min_rho, top_k, min_probability
-        self.eta, self.min_resource, self.cold_start_trials = reduction_factor, min_resource, cold_start_trials
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
+        self.min_trials, self.min_rho, self.top_k, self.min_probability = min_trials, min_rho, top_k, min_probability
+        self.eta, self.min_resource, self.cold_start_trials = reduction_factor, min_resource, cold_start_trials
         self.margin, self.method_param, self.n_bootstrap, self.seed = margin, method_param, n_bootstrap, seed
         self.reasons: dict[int, str] = {}  # trial number -> why it was pruned (read by the trial loop)
         self._cache: tuple[int, list[_Finished]] | None = None

@@ -60,8 +60,6 @@ def study_report(study: optuna.Study) -> str:
     states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
     counts = ", ".join(f"{n} {name.lower()}" for name, n in states.items() if n)
     head = f"study {study.study_name!r}: {counts or 'no trials'}"
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if complete:
-        top = max(complete, key=lambda t: t.value) if study.direction.name == "MAXIMIZE" else min(complete, key=lambda t: t.value)
-        head += f"; best trial {top.number}: {top.value:.4f}"
+    if states["COMPLETE"]:
+        head += f"; best trial {study.best_trial.number}: {study.best_value:.4f}"  # in the study's direction
     return head + "\n\n" + calibration_text(calibration_records(trials))

@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import struct
-import tarfile
 import textwrap
 from pathlib import Path
 
@@ -19,53 +18,33 @@ import torch
 from PIL import Image
 
 import hpsearch
-from conftest import run_cli, tiny_study
+from conftest import CIFAR_ARCHIVE, extract_small_cifar, linked_copy, run_cli, tiny_study
 from hpsearch.data import DATASETS, load_splits
 from hpsearch.schema import DataConfig
 from hpsearch.studyfile import StudyFileError, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHIVE = ROOT.parent / "shared/data/cifar10-jpeg.tar.gz"
+ARCHIVE = CIFAR_ARCHIVE
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_PER_CLASS, TEST_PER_CLASS, SPARE_PER_CLASS = 100, 30, 5
 
 needs_archive = pytest.mark.skipif(not ARCHIVE.exists(), reason=f"{ARCHIVE} is not here")
 
 
+pytestmark = pytest.mark.usefixtures("cache")  # every test caches into its own folder
+
+
 @pytest.fixture(scope="session")
 def small_cifar(tmp_path_factory) -> Path:
     """root/train/<class>/ (100 each), root/test/<class>/ (30 each) and root/spare/<class>/ (5 more
     train images each, never in train/: material for unlabeled/ folders). Extracted once."""
-    if not ARCHIVE.exists():
-        pytest.skip(f"{ARCHIVE} is not here")
-    root = tmp_path_factory.mktemp("small-cifar")
-    wanted = {"train": TRAIN_PER_CLASS + SPARE_PER_CLASS, "test": TEST_PER_CLASS}
-    with tarfile.open(ARCHIVE) as tar:
-        for member in tar:
-            parts = member.name.split("/")  # cifar10/<split>/<class>/NNNN.jpg
-            if len(parts) != 4 or not member.isfile() or int(parts[3][:4]) >= wanted[parts[1]]:
-                continue
-            split = "spare" if parts[1] == "train" and int(parts[3][:4]) >= TRAIN_PER_CLASS else parts[1]
-            target = root / split / parts[2] / parts[3]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(tar.extractfile(member).read())
-    return root
+    return extract_small_cifar(tmp_path_factory.mktemp("small-cifar"), TRAIN_PER_CLASS, TEST_PER_CLASS, SPARE_PER_CLASS)
 
 
 @pytest.fixture
 def folder(small_cifar, tmp_path) -> Path:
     """A private copy of the small ImageFolder (hard links: fast, and files may be added or removed)."""
-    copy = tmp_path / "images"
-    for split in ("train", "test"):
-        shutil.copytree(small_cifar / split, copy / split, copy_function=os.link)
-    return copy
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch) -> Path:
-    """Every test caches into its own folder, never into ~/.cache."""
-    monkeypatch.setenv("HPSEARCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    return linked_copy(small_cifar, tmp_path / "images")
 
 
 def config(**fields) -> DataConfig:

@@ -3,6 +3,7 @@ compute on them."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -34,8 +35,6 @@ def add_commands(commands) -> None:
 
 
 def _positive(text: str) -> int:
-    import argparse
-
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
@@ -43,8 +42,6 @@ def _positive(text: str) -> int:
 
 
 def _non_negative(text: str) -> float:
-    import argparse
-
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number of points >= 0, got {text}")
