@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from hpsearch import augment  # noqa: E402
-from hpsearch.schema import AugmentConfig  # noqa: E402
+from hpsearch.config.schema import AugmentConfig  # noqa: E402
 
 # The SimCLR recipe at 32 px (GUIDE section 2); everything else is the schema's default.
 RECIPE = AugmentConfig(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8, brightness=0.4,

@@ -4,7 +4,7 @@
     python benchmarks/knn_cost.py --quick    # tiny sizes: checks the script runs, measures nothing
 
 At the default schedule (`evaluation.eval_every: 1`) every epoch of a trial ends with one
-`Pretraining.knn_proxy()`: features of the labelled probe split (`data.probe_size` images) and a
+kNN proxy: features of the labelled probe split (`data.probe_size` images) and a
 leave-one-out weighted kNN on them. This compares its wall time with one epoch over the 50,000
 CIFAR-10 training images at batch 256 (195 steps). To keep the run short, the epoch is measured
 on `--steps` steps of real CIFAR-10 images and scaled to 195 steps (the cost per step does not
@@ -13,10 +13,10 @@ Rounds alternate A (train `--steps` steps), B (kNN proxy), C (the whole per-epoc
 medians are reported.
 
 Two evaluation figures: `kNN proxy` is exactly probe-split features + weighted kNN
-(`hpsearch.probes.extract_features` on the trial's backbone, then `knn_accuracy` with the
+(`hpsearch.evaluation.extract_features` on the trial's backbone, then `knn_accuracy` with the
 study's k and temperature); `all proxies` is what a trial runs after each epoch,
-`Pretraining.proxies()` (kNN plus RankMe, alpha-ReQ and alignment/uniformity/collapse
-diagnostics on augmented views), when this hpsearch version has it.
+`Evaluator.proxies()` (kNN plus RankMe, alpha-ReQ and alignment/uniformity/collapse
+diagnostics on augmented views).
 
 Setups: the schema's defaults (SimCLR, small_cnn width 16, probe_size 500) and the CIFAR-10
 study shipped in studies/cifar10_simclr.yaml (width 32, projector 2048-256, probe_size 5,000).
@@ -36,10 +36,10 @@ from _common import alternate, load_cifar10, machine, median, table  # noqa: E40
 import torch  # noqa: E402
 
 from hpsearch.data import Splits  # noqa: E402
-from hpsearch.pretrain import Pretraining  # noqa: E402
-from hpsearch.probes import extract_features, knn_accuracy  # noqa: E402
-from hpsearch.schema import DataConfig  # noqa: E402
-from hpsearch.studyfile import load_study  # noqa: E402
+from hpsearch.training.pretrain import Pretraining  # noqa: E402
+from hpsearch.evaluation import Evaluator, extract_features, knn_accuracy  # noqa: E402
+from hpsearch.config.schema import DataConfig  # noqa: E402
+from hpsearch.study.studyfile import load_study  # noqa: E402
 
 CIFAR10_TRAIN = 50_000
 DEFAULT_PROBE = DataConfig.model_fields["probe_size"].default  # the schema's default, 500
@@ -84,14 +84,13 @@ def measure(trial: Pretraining, rounds: int) -> dict[str, list[float]]:
         assert math.isfinite(accuracy.item())
         return 1.0
 
+    evaluator = Evaluator.of(trial)
+
     def proxies() -> float:
-        trial.proxies()
+        evaluator.proxies(trial.method, trial.epoch)
         return 1.0
 
-    contenders = {"train": train, "knn": knn}
-    if hasattr(trial, "proxies"):  # the whole evaluation of an epoch, in hpsearch versions that have it
-        contenders["proxies"] = proxies
-    return alternate(contenders, rounds=rounds)
+    return alternate({"train": train, "knn": knn, "proxies": proxies}, rounds=rounds)
 
 
 def main(argv=None) -> None:

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 # Known-good optimiser per method, lr per 256 images (batch 256 here, so as written). GUIDE section 2
 # (solo-learn's CIFAR recipes, scripts/pretrain/cifar/*.yaml) where it has one; LARS is eta 0.02 with
-# clipping, biases and norms excluded (hpsearch.optim). VICReg and Barlow Twins take their LARS recipe:
+# clipping, biases and norms excluded (hpsearch.training.optim). VICReg and Barlow Twins take their LARS recipe:
 # under plain SGD VICReg turns NaN at lr 0.3 (benchmarks/README.md section 2) and Barlow stays near the
 # random encoder (objectives/barlow_twins.py).
 RECIPES = {
@@ -114,7 +114,7 @@ def run_method(method: str, args, root: Path, workdir: Path) -> dict:
     import optuna
 
     import hpsearch
-    from hpsearch.calibration import HISTORY_ATTR
+    from hpsearch.pruning.calibration import HISTORY_ATTR
 
     cfg = study_config(method, args, root, workdir)
     start = time.perf_counter()

@@ -5,7 +5,7 @@
     python benchmarks/peak_memory.py --quick           # tiny sizes: checks the script runs, measures nothing
 
 Each (method, batch) runs in a fresh Python process (ru_maxrss is a high-water mark: peaks must not
-carry over), which builds the trial's `hpsearch.pretrain.Pretraining` from a validated StudyConfig --
+carry over), which builds the trial's `hpsearch.training.pretrain.Pretraining` from a validated StudyConfig --
 small_cnn, the method's heads and defaults, SGD, the study's default augmentation -- on random uint8
 images (steps x batch of them: one epoch is --steps optimiser steps) and trains that epoch. It reports:
 - baseline: the process's peak RSS after building the model, optimiser and data, before training
@@ -54,8 +54,8 @@ def child_train(method: str, batch: int, args) -> dict:
     import torch
 
     from hpsearch.data import Splits
-    from hpsearch.pretrain import Pretraining, resolve_device
-    from hpsearch.studyfile import load_study
+    from hpsearch.training.pretrain import Pretraining, resolve_device
+    from hpsearch.study.studyfile import load_study
 
     if args.threads:
         torch.set_num_threads(args.threads)

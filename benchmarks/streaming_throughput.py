@@ -32,8 +32,8 @@ from _common import ARCHIVE, CLASSES, alternate, machine, median, spread, table 
 import torch  # noqa: E402
 
 from hpsearch.data import load_splits, pretrain_batches  # noqa: E402
-from hpsearch.pretrain import resolve_device  # noqa: E402
-from hpsearch.schema import DataConfig  # noqa: E402
+from hpsearch.training.pretrain import resolve_device  # noqa: E402
+from hpsearch.config.schema import DataConfig  # noqa: E402
 
 
 def extract(root: Path, train_per_class: int, test_per_class: int) -> int:

@@ -7,8 +7,8 @@
 For each method in `objectives.METHODS` (whatever is registered when this runs), both contenders
 train the same model -- `small_cnn` backbone (width 16 by default), the method's heads and loss,
 batch 256, SGD -- on the same in-memory uint8 CIFAR-10 images, one epoch per round, A, B, A, B:
-- `hpsearch`: `hpsearch.pretrain.Pretraining.train_epoch()`, built from a StudyConfig that
-  `hpsearch.studyfile.load_study` validated (the trial loop a study runs, minus evaluation);
+- `hpsearch`: `hpsearch.training.pretrain.Pretraining.train_epoch()`, built from a StudyConfig that
+  `hpsearch.study.studyfile.load_study` validated (the trial loop a study runs, minus evaluation);
 - `plain`: shuffle indices, slice a uint8 batch, `method.make_views` (the same augmentation call),
   normalise, `method.training_loss`, zero_grad, backward, SGD step (the same parameter groups:
   no weight decay on biases and norms), cosine scheduler step,
@@ -31,10 +31,10 @@ from _common import alternate, load_cifar10, machine, median, spread, table  # n
 
 import torch  # noqa: E402
 
-from hpsearch.backbones import build_backbone  # noqa: E402
+from hpsearch.training.backbones import build_backbone  # noqa: E402
 from hpsearch.data import Splits  # noqa: E402
-from hpsearch.pretrain import Pretraining  # noqa: E402
-from hpsearch.studyfile import load_study  # noqa: E402
+from hpsearch.training.pretrain import Pretraining  # noqa: E402
+from hpsearch.study.studyfile import load_study  # noqa: E402
 from objectives import METHODS  # noqa: E402
 
 

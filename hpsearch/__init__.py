@@ -2,19 +2,30 @@
 
     import hpsearch
     study = hpsearch.run_study("studies/quickstart.yaml", n_trials=4)
+
+What users import is named here, and imported lazily, so that `hpsearch --help` and `hpsearch ui`
+do not pay for torch, optuna and mlflow.
 """
 
-__all__ = ["run_study", "StudyFileError"]
+import importlib
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "run_study": "hpsearch.study.runner",
+    "resume_study": "hpsearch.study.runner",
+    "load_study": "hpsearch.study.studyfile",
+    "StudyFileError": "hpsearch.study.studyfile",
+    "StudyConfig": "hpsearch.config.schema",
+}
+
+__all__ = list(_PUBLIC)
 
 
 def __getattr__(name):
-    # Lazy, so `hpsearch ui` and `--help` do not pay for importing torch, optuna and mlflow.
-    if name == "run_study":
-        from hpsearch.runner import run_study
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'hpsearch' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
 
-        return run_study
-    if name == "StudyFileError":
-        from hpsearch.studyfile import StudyFileError
 
-        return StudyFileError
-    raise AttributeError(f"module 'hpsearch' has no attribute {name!r}")
+def __dir__():
+    return sorted([*globals(), *_PUBLIC])

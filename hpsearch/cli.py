@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, argv: list[str]) -> int:
-    from hpsearch.interrupt import Interrupted
-    from hpsearch.runner import resume_study, run_study
-    from hpsearch.storage import StorageError
-    from hpsearch.studyconfig import ConfigChanged
-    from hpsearch.studyfile import StudyFileError
+    from hpsearch.study.interrupt import Interrupted
+    from hpsearch.study.runner import resume_study, run_study
+    from hpsearch.study.storage import StorageError
+    from hpsearch.study.stored_config import ConfigChanged
+    from hpsearch.study.studyfile import StudyFileError
 
     shared = dict(n_trials=args.n_trials, storage=args.storage, tracking_uri=args.tracking_uri, workdir=args.workdir)
     try:
@@ -90,9 +90,10 @@ def _run(args, argv: list[str]) -> int:
 def _report(args) -> int:
     import optuna
 
-    from hpsearch.report import calibration_json, calibration_records, study_report
-    from hpsearch.runner import locate_study
-    from hpsearch.studyfile import StudyFileError
+    from hpsearch.pruning.calibration import calibration_json, calibration_records
+    from hpsearch.report import study_report
+    from hpsearch.study.runner import locate_study
+    from hpsearch.study.studyfile import StudyFileError
 
     try:
         url, _ = locate_study(args.study_name, storage=args.storage, workdir=args.workdir)

@@ -9,14 +9,22 @@ the state dict) whose parameters never require grad, so the optimiser never sees
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
-# The schedule lives with the optimiser's (BYOL's cosine, base -> final); re-exported for the methods.
-from hpsearch.optim import cosine_momentum
-
 __all__ = ["cosine_momentum", "ema_update", "frozen_copy"]
+
+
+def cosine_momentum(step: int, total_steps: int, base: float, final: float) -> float:
+    """EMA momentum rising from `base` at step 0 to `final` at `total_steps` along a half cosine
+    (BYOL, Grill et al. 2020: tau = 1 - (1 - base) * (cos(pi * k / K) + 1) / 2 with final = 1;
+    DINO's teacher uses the same schedule). Steps past `total_steps` stay at `final`."""
+    if total_steps < 1:
+        raise ValueError(f"cosine_momentum needs total_steps >= 1, but got {total_steps=}")
+    progress = min(max(step, 0), total_steps) / total_steps
+    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

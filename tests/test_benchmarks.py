@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+from tests.data.cifar import CIFAR_ARCHIVE as ARCHIVE
+from tests.helpers import ROOT
+
 
 SCRIPTS = {  # script -> the start of the line that carries its figure
     "augment_throughput.py": "ratio hpsearch/torchvision:",

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import run_cli, tiny_study
+from tests.helpers import run_cli, tiny_study
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def load_table(source: str, study: str | None):
     import optuna
     from sqlalchemy.engine import make_url
 
-    from hpsearch.urls import mask
+    from hpsearch.tracking.urls import mask
 
     database = make_url(source).database if source.startswith("sqlite") else None
     if database and database != ":memory:" and not Path(database).exists():

@@ -20,7 +20,7 @@ import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, json_to_distribution
 
-from hpsearch.calibration import HISTORY_ATTR, REPORTED
+from hpsearch.pruning.calibration import HISTORY_ATTR, REPORTED
 from hpsearch.replay import SAMPLERS
 from hpsearch.replay.strategies import make_pruner
 from hpsearch.replay.table import Recording, Table

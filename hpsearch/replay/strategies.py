@@ -8,7 +8,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.calibrated import CalibratedPruner
+from hpsearch.pruning.calibrated import CalibratedPruner
 from hpsearch.replay import STRATEGY_NAMES
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.calibration import HISTORY_ATTR, REPORTED, proxy_curves
+from hpsearch.pruning.calibration import HISTORY_ATTR, REPORTED, proxy_curves
 
 FORMAT = "hpsearch-replay-table/1"
 

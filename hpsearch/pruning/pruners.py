@@ -1,0 +1,53 @@
+"""Optuna pruners by the name study files use (`pruning.name`, one of hpsearch.config.names.PRUNERS),
+with their arguments checked."""
+
+from __future__ import annotations
+
+import inspect
+
+import optuna
+
+from hpsearch.pruning.calibrated import CalibratedPruner
+
+PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+    "wilcoxon": optuna.pruners.WilcoxonPruner,
+    "calibrated": CalibratedPruner,  # hpsearch's own: acts on proxies proved predictive (calibrated.py)
+}
+
+# PatientPruner wraps another pruner, so its `wrapped_pruner` argument is a pruner spec of its own.
+WRAPPERS = {"patient": optuna.pruners.PatientPruner}
+
+
+def pruner_names() -> list[str]:
+    return sorted([*PRUNERS, *WRAPPERS])
+
+
+def build_pruner(name: str, args: dict) -> optuna.pruners.BasePruner:
+    """Build a pruner; raises ValueError naming the bad argument (the study file's loader turns it into a field error)."""
+    if name in WRAPPERS:
+        args = dict(args)
+        inner = args.pop("wrapped_pruner", {"name": "median"})
+        if not isinstance(inner, dict) or "name" not in inner:
+            raise ValueError("wrapped_pruner: expected a mapping with 'name' (and optional 'args')")
+        wrapped = build_pruner(inner["name"], inner.get("args", {}))
+        return _construct(WRAPPERS[name], {"wrapped_pruner": wrapped, **args})
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}; expected one of: {', '.join(pruner_names())}")
+    return _construct(PRUNERS[name], args)
+
+
+def _construct(cls, args: dict):
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(args) - accepted)
+    if unknown:
+        raise ValueError(f"unknown argument {unknown[0]!r} for {cls.__name__}; expected some of: {', '.join(sorted(accepted))}")
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{cls.__name__}: {err}") from None

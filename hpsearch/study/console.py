@@ -1,0 +1,88 @@
+"""What a study prints: a live status line on a terminal, one line per trial, a final table."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import optuna
+
+from hpsearch.study.retry import FINISHED, finished_trials
+
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Finished trials of the study by state (COMPLETE / PRUNED / FAIL), retried ones not counted."""
+    trials = finished_trials(study)
+    return {state.name: sum(t.state == state for t in trials) for state in FINISHED}
+
+
+def best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
+class Console:
+    """Progress output. On a terminal the running trial's epoch is redrawn in place; in a log file
+    (or CI) only whole lines are written, so the output stays readable."""
+
+    def __init__(self, n_trials: int, epochs: int, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty()
+        self.n_trials, self.epochs = n_trials, epochs
+        self.status = ""
+
+    def line(self, text: str) -> None:
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def epoch(self, trial_number: int, epoch: int, metrics: dict[str, float]) -> None:
+        if not self.live:
+            return
+        knn = metrics.get("knn_accuracy")
+        proxy = f"  kNN {knn:.3f}" if knn is not None else ""
+        text = f"trial {trial_number}  epoch {epoch}/{self.epochs}  loss {metrics['ssl_loss']:.3f}{proxy}"
+        if self.status:
+            text += f"  |  {self.status}"
+        self.stream.write("\r\033[K" + text[:200])
+        self.stream.flush()
+
+    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        n = counts(study)
+        top = best(study)
+        self.status = (f"{sum(n.values())}/{self.n_trials} finished (pruned {n['PRUNED']}, failed {n['FAIL']})"
+                       + (f", best {top.value:.4f} (trial {top.number})" if top else ""))
+        complete = trial.state == optuna.trial.TrialState.COMPLETE
+        # A pruned trial's `value` is Optuna's copy of its last proxy report: show why it stopped instead.
+        value = f"linear probe {trial.value:.4f}" if complete else trial.user_attrs.get("reason", "")
+        epochs = trial.user_attrs.get("epochs_trained", "?")
+        self.line(f"trial {trial.number:>3}  {trial.state.name:<8}  {value}  ({epochs} epochs)  |  {self.status}")
+
+    def summary(self, study: optuna.Study, ui_hint: str) -> None:
+        trials = finished_trials(study)
+        names = sorted({name for t in trials for name in t.params})
+        header = ["#", "state", "value", "epochs", *names]
+        rows = [[str(t.number), t.state.name, f"{t.value:.4f}" if t.state.name == "COMPLETE" else "",
+                 str(t.user_attrs.get("epochs_trained", "")), *[_fmt(t.params.get(n, "")) for n in names]]
+                for t in trials]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        self.line("")
+        for row in [header, *rows]:
+            self.line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        top = best(study)
+        if top is not None:
+            self.line(f"\nbest trial {top.number}: linear-probe accuracy {top.value:.4f}")
+            for name, value in top.params.items():
+                self.line(f"  {name}: {_fmt(value)}")
+        baseline = study.user_attrs.get("random_init_linear_probe")
+        if baseline is not None:
+            self.line(f"random-init encoder: linear-probe accuracy {baseline:.4f}")
+        self.line(ui_hint)
+
+    def _clear(self) -> None:
+        if self.live:
+            self.stream.write("\r\033[K")
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,54 @@
+"""Opening the Optuna study: RDB storage with heartbeats, the seeded sampler, the pruner."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import optuna
+
+from hpsearch.pruning.pruners import build_pruner
+from hpsearch.config.schema import StudyConfig
+from hpsearch.tracking.urls import mask
+
+
+class StorageError(Exception):
+    """The Optuna storage cannot be reached; the message names the URL with the password masked."""
+
+
+def connect(cfg: StudyConfig, url: str, on_stale: Callable | None = None, attempts: int = 4) -> optuna.storages.RDBStorage:
+    """RDB storage with a heartbeat, so a trial whose worker died is noticed (and `on_stale` called)
+    instead of staying RUNNING forever. Transient connection errors are retried with backoff."""
+    sqlite = url.startswith("sqlite")
+    # SQLite: wait for a lock instead of failing at once when several workers share the file.
+    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs,
+                heartbeat_interval=cfg.recovery.heartbeat_interval, grace_period=cfg.recovery.grace_period,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+        except ImportError as err:
+            raise StorageError(f"storage {mask(url)}: {err}") from None
+        except Exception as err:
+            if attempt == attempts - 1:
+                reason = str(err).splitlines()[0][:300].replace(url, mask(url))
+                raise StorageError(f"storage {mask(url)}: cannot connect ({type(err).__name__}: {reason})") from None
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create or load the study by name, with the sampler and pruner the study file names."""
+    study = optuna.create_study(study_name=cfg.name, storage=storage, direction="maximize", load_if_exists=True)
+    # Offset the sampler's seed by the trials already there: a continued study must not replay
+    # the random start-up proposals of its first run.
+    seed = cfg.seed + len(study.trials)
+    if cfg.sampler.name == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.n_startup_trials,
+                                             multivariate=True, group=True, constant_liar=True)
+    return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler,
+                             pruner=build_pruner(cfg.pruning.name, cfg.pruning.args))

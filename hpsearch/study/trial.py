@@ -1,0 +1,192 @@
+"""One Optuna trial: sample, pretrain with the proxy reported each evaluation, then the delayed metric.
+
+A trial that is a retry (its worker died or was interrupted) continues from the last checkpoint
+of the trial it replaces and appends to the same MLflow run, so each epoch is recorded once.
+"""
+
+from __future__ import annotations
+
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+
+from hpsearch.config.schema import StudyConfig
+from hpsearch.data import Splits
+from hpsearch.evaluation import Evaluator
+from hpsearch.pruning.calibration import HISTORY_ATTR
+from hpsearch.pruning.heuristics import first_reason, rules_for
+from hpsearch.study.interrupt import Interrupted, StopRequest
+from hpsearch.study.space import sample, with_values
+from hpsearch.tracking.tracker import Tracker, TrialRun, flatten
+from hpsearch.training import checkpoint
+from hpsearch.training.pretrain import Diverged, Pretraining
+from objectives import METHODS
+
+# Config fields that are not hyperparameters (and may carry credentials): never logged as params.
+NOT_PARAMS = ("name", "n_trials", "workdir", "storage", "search_space", "tracking", "recovery")
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Each trial trains with its own seed, derived so that the same study seed replays the same trials."""
+    return study_seed * 1_000_003 + trial_number
+
+
+def trial_params(cfg: StudyConfig) -> dict:
+    """The trial's full config as flat dotted params (sampled values included), for MLflow."""
+    tree = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_PARAMS}
+    return flatten(tree)
+
+
+@dataclass
+class TrialContext:
+    """What every trial of a study shares."""
+
+    cfg: StudyConfig
+    splits: Splits
+    device: torch.device
+    tracker: Tracker
+    study_run_id: str
+    checkpoint_root: Path
+    stop: StopRequest
+    on_epoch: Callable[[int, int, dict[str, float]], None]
+    say: Callable[[str], None]
+    random_init_knn: float | None = None
+
+
+def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
+    """The Optuna objective. Ends the trial's MLflow run with the state Optuna will record."""
+    values = sample(trial, ctx.cfg.search_space)
+    cfg = with_values(ctx.cfg, values)
+    run = _open_run(trial, cfg, ctx, searched=list(values))
+    try:
+        value = _train_and_evaluate(trial, cfg, ctx, run)
+    except optuna.TrialPruned as pruned:
+        run.finish("PRUNED", reason=str(pruned), pruned_epoch=trial.user_attrs.get("epochs_trained"))
+        raise
+    except Interrupted:
+        trial.set_user_attr("interrupted", True)
+        run.finish("INTERRUPTED", reason="interrupted; continues when the study is run again")
+        raise
+    except Exception as err:
+        reason = "oom" if _is_out_of_memory(err) else f"{type(err).__name__}: {err}"
+        trial.set_user_attr("reason", reason)
+        run.log_text(traceback.format_exc(), "traceback.txt")
+        run.finish("FAIL", reason=reason)
+        raise
+    run.finish("COMPLETE")
+    return value
+
+
+def _open_run(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, searched: list[str]) -> TrialRun:
+    """A retry continues the MLflow run of the trial it replaces; a new trial starts one."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id is not None:
+        return ctx.tracker.continue_trial_run(run_id, trial.number)
+    run = ctx.tracker.trial_run(ctx.study_run_id, trial.number, trial_params(cfg), searched)
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    trial.set_user_attr("checkpoint_key", f"trial-{trial.number}")
+    trial.set_user_attr("seed", trial_seed(cfg.seed, trial.number))
+    return run
+
+
+def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, run: TrialRun) -> float:
+    session = Pretraining(cfg, ctx.splits, ctx.device, trial.user_attrs["seed"])
+    evaluator = Evaluator.of(session)
+    directory = ctx.checkpoint_root / trial.user_attrs["checkpoint_key"]
+    history: list[dict] = []  # one entry of metrics per finished epoch, kept in checkpoints
+
+    def save() -> None:
+        checkpoint.save(directory, session.epoch, session.scheduler.last_epoch,
+                        {"training": session.state_dict(), "history": history})
+
+    state = checkpoint.load_latest(directory, map_location=ctx.device)
+    if state is not None:
+        session.load_state_dict(state["training"])
+        history = state["history"]
+        _catch_up(trial, run, history)
+        ctx.say(f"trial {trial.number}: continuing trial {trial.user_attrs.get('retry_of')} from its checkpoint "
+                f"at epoch {session.epoch}, step {session.scheduler.last_epoch}")
+
+    epochs, every = cfg.training.epochs, cfg.evaluation.eval_every
+    rules = rules_for(cfg.pruning.heuristics, METHODS[cfg.objective.method].collapse_check, ctx.random_init_knn)
+    while session.epoch < epochs:
+        epoch = session.epoch + 1
+        try:
+            metrics = _train_one_epoch(session, evaluator, evaluate=epoch % every == 0 or epoch == epochs,
+                                       stop=ctx.stop)
+        except Interrupted:
+            save()
+            raise
+        except Diverged as err:
+            _stop(trial, epoch, f"diverged: {err}")
+        trial.set_user_attr("epochs_trained", epoch)
+        history.append({"epoch": epoch, **metrics})
+        # Checkpoint before recording: a worker killed in between re-records from the history
+        # (_catch_up), instead of recording an epoch it will train again.
+        if epoch % cfg.recovery.checkpoint_every == 0 or epoch == epochs:
+            save()
+        run.log_metrics(metrics, step=epoch)
+        knn = metrics.get("knn_accuracy")
+        if knn is not None:
+            trial.report(knn, epoch)
+            # Every proxy stays with the trial, for calibration and custom pruners to read.
+            trial.set_user_attr(HISTORY_ATTR, [_proxies_only(h) for h in history if "knn_accuracy" in h])
+        ctx.on_epoch(trial.number, epoch, metrics)
+        if knn is not None and epoch < epochs:
+            if epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
+                explained = getattr(trial.study.pruner, "reasons", {}).get(trial.number)
+                _stop(trial, epoch, explained or f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
+            if (reason := first_reason(rules, history)) is not None:
+                _stop(trial, epoch, reason)
+        ctx.stop.check()
+    final = evaluator.final_metric(session.method.backbone)  # evaluation.final_metric, overall and per class
+    run.log_metrics(final.metrics(), step=epochs)
+    trial.set_user_attr("worst_class", {"class": final.scores.worst_class, "accuracy": final.scores.worst_accuracy})
+    return final.accuracy
+
+
+def _train_one_epoch(session: Pretraining, evaluator: Evaluator, evaluate: bool, stop: StopRequest) -> dict[str, float]:
+    """Train one epoch and, when due, evaluate the proxies; raises Diverged or Interrupted."""
+    stats = session.train_epoch(stop)
+    metrics = {"ssl_loss": stats.ssl_loss, "lr": stats.lr, "epoch_time_s": stats.epoch_time}
+    if evaluate:
+        metrics.update(evaluator.proxies(session.method, session.epoch))
+        if stats.online_accuracy is not None:
+            metrics["online_linear_accuracy"] = stats.online_accuracy
+    return metrics
+
+
+def _proxies_only(entry: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in entry.items() if k not in ("lr", "epoch_time_s")}
+
+
+def _catch_up(trial: optuna.Trial, run: TrialRun, history: list[dict]) -> None:
+    """Record the checkpointed epochs the dead worker had not recorded yet: each exactly once."""
+    logged = run.logged_steps("ssl_loss")
+    for entry in history:
+        metrics = {k: v for k, v in entry.items() if k != "epoch"}
+        if entry["epoch"] not in logged:
+            run.log_metrics(metrics, step=entry["epoch"])
+        if "knn_accuracy" in metrics:
+            with warnings.catch_warnings():  # steps the retry inherited are ignored by Optuna, as wanted
+                warnings.simplefilter("ignore")
+                trial.report(metrics["knn_accuracy"], entry["epoch"])
+
+
+def _stop(trial: optuna.Trial, epoch: int, reason: str):
+    trial.set_user_attr("reason", reason)
+    trial.set_user_attr("epochs_trained", epoch)
+    raise optuna.TrialPruned(reason)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """CUDA OOM, or an allocation failure on the CPU (torch raises RuntimeError, Python MemoryError)."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

@@ -1,0 +1,182 @@
+"""One trial's pretraining: model, optimiser and data on the training device, an epoch at a time."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hpsearch import augment
+from hpsearch.config.schema import StudyConfig
+from hpsearch.data import Splits, pretrain_batches
+from hpsearch.training.backbones import build_backbone
+from hpsearch.training.online_probe import OnlineProbe
+from hpsearch.training.optim import build_optimizer, warmup_cosine
+from objectives import METHODS
+
+
+class Diverged(Exception):
+    """The SSL loss became NaN or infinite."""
+
+
+class StopCheck(Protocol):
+    """What the training loop needs of a stop request (hpsearch.study.interrupt.StopRequest): whether
+    one is pending, and `check()`, which raises at a step boundary when it is."""
+
+    @property
+    def requested(self) -> bool: ...
+
+    def check(self) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` trains on the GPU when one is present, on the CPU otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    ssl_loss: float
+    lr: float
+    epoch_time: float
+    online_accuracy: float | None = None  # the online linear probe's over the epoch (None: no labels)
+
+
+class Pretraining:
+    """Builds the method for a trial config and trains it, an epoch at a time (hpsearch.evaluation
+    measures it).
+
+    All randomness (init, shuffling, augmentation) flows from `seed`, so the same seed gives the
+    same result on the CPU.
+    """
+
+    def __init__(self, cfg: StudyConfig, splits: Splits, device: torch.device, seed: int):
+        self.cfg, self.splits, self.device, self.seed = cfg, splits, device, seed
+        torch.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        backbone, feature_dim = build_backbone(cfg.model, splits.channels, cfg.data.image_size)
+        method_cls = METHODS[cfg.objective.method]
+        self.method = method_cls(backbone, feature_dim, cfg.objective, cfg.model.projector).to(device)
+        # GPU speed features; on the CPU none of them applies, so CPU results stay bit-exact.
+        on_cuda = device.type == "cuda"
+        self.autocast = on_cuda and cfg.training.precision in ("auto", "bf16")
+        self.memory_format = torch.channels_last if on_cuda else torch.contiguous_format
+        self.method.to(memory_format=self.memory_format)
+        if cfg.training.compile:
+            self.method.backbone.compile()
+        n_images = len(splits.pretrain)
+        # A batch never exceeds the data, and the last partial batch is dropped: contrastive
+        # losses degrade on a tiny batch and every step should cost the same.
+        self.batch_size = min(cfg.training.batch_size, n_images)
+        self.steps_per_epoch = n_images // self.batch_size
+        self.optimizer = build_optimizer(self.method, cfg.training.optimizer, self.batch_size)
+        self.total_steps = cfg.training.epochs * self.steps_per_epoch
+        self.scheduler = warmup_cosine(self.optimizer, cfg.training.warmup_epochs * self.steps_per_epoch,
+                                       self.total_steps)
+        self.epoch = 0  # completed epochs
+        self._order: Tensor | None = None  # the running epoch's shuffle; None between epochs
+        labels = splits.pretrain_labels
+        self.online_probe = (OnlineProbe(self.method.backbone, feature_dim, splits.num_classes, device)
+                             if labels is not None and bool((labels >= 0).any()) else None)
+
+    def train_epoch(self, stop: StopCheck | None = None) -> EpochStats:
+        """Train to the end of the current epoch; raises Diverged on a non-finite loss.
+
+        With `stop`, checks after every step whether a stop was requested and raises Interrupted
+        there; the epoch's position is part of `state_dict`, so training resumes mid-epoch.
+        """
+        start = time.perf_counter()
+        self.method.train()
+        if self._order is None:  # a new epoch (else: resuming one that was interrupted)
+            self._order = torch.randperm(len(self.splits.pretrain), generator=self.generator)
+            self._position, self._loss_sum, self._elapsed = 0, torch.zeros(()), 0.0
+            self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        loss_sum = self._loss_sum.to(self.device)  # summed on device: no host sync per step
+        size = self.cfg.data.image_size
+        # In memory or streamed from the files (data.stream): the same batches, from the same position.
+        for images in pretrain_batches(self.splits.pretrain, self._order, self._position, self.batch_size):
+            images = images.to(self.device, non_blocking=True)  # already there unless the splits were not moved
+            views = self.method.make_views(images, self.cfg.augment, size, self.generator)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                views = augment.normalise(views, self.splits.mean, self.splits.std, self.memory_format)
+                loss = self.method.training_loss(views).float()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.method.on_step_end(self.scheduler.last_epoch, self.total_steps)
+            if self.online_probe is not None:
+                batch = self._order[self._position * self.batch_size:(self._position + 1) * self.batch_size]
+                self.online_probe.step(self.splits.pretrain_labels[batch.to(self.splits.pretrain_labels.device)].to(self.device))
+            loss_sum += loss.detach()
+            self._position += 1
+            if stop is not None and stop.requested:
+                self._loss_sum, self._elapsed = loss_sum.cpu(), self._elapsed + time.perf_counter() - start
+                stop.check()
+        mean_loss = loss_sum.item() / self.steps_per_epoch
+        self.epoch += 1
+        self._order = None
+        if not math.isfinite(mean_loss):
+            raise Diverged(f"SSL loss is {mean_loss} at epoch {self.epoch}")
+        online = self.online_probe.epoch_accuracy() if self.online_probe is not None else None
+        return EpochStats(self.epoch, mean_loss, self._epoch_lr, self._elapsed + time.perf_counter() - start, online)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit: weights (targets, queues and centres are
+        submodules or buffers of the method), optimiser, schedule, epoch position and RNG states."""
+        state = {
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "numpy_rng": _numpy_rng_state(),
+        }
+        if self.online_probe is not None:
+            state["online_probe"] = self.online_probe.state_dict()
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if self._order is not None:  # interrupted mid-epoch
+            state["mid_epoch"] = {"order": self._order, "position": self._position, "loss_sum": self._loss_sum,
+                                  "elapsed": self._elapsed, "lr": self._epoch_lr}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        if self.online_probe is not None and "online_probe" in state:
+            self.online_probe.load_state_dict(state["online_probe"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        _set_numpy_rng_state(state["numpy_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        mid = state.get("mid_epoch")
+        if mid is not None:
+            self._order, self._position, self._loss_sum = mid["order"], mid["position"], mid["loss_sum"]
+            self._elapsed, self._epoch_lr = mid["elapsed"], mid["lr"]
+
+
+def _numpy_rng_state() -> tuple:
+    # As plain values and a tensor: checkpoints are loaded with weights_only=True, which refuses ndarrays.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached
+
+
+def _set_numpy_rng_state(state: tuple) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

@@ -1,0 +1,61 @@
+"""A study on PostgreSQL storage (what many machines share), with a password in its URL that must
+never be printed, stored in the study or logged to MLflow."""
+
+import json
+import subprocess
+import sys
+import uuid
+
+import optuna
+import pytest
+import yaml
+
+from tests.helpers import tiny_study
+
+URL = "postgresql://root:s3cret-pw@127.0.0.1:5432/test"
+
+
+def postgres_available() -> bool:
+    try:
+        optuna.storages.RDBStorage(URL)
+        return True
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not postgres_available(), reason="PostgreSQL at 127.0.0.1:5432 is not running")
+
+
+def test_two_workers_share_a_postgres_study_and_no_password_leaks(tmp_path, mlflow_client):
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    cfg = tiny_study(tmp_path / "runs", name=name, n_trials=3, storage=URL)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # Two workers start at once on a fresh work dir: one MLflow backend, one parent run, and the
+    # study stops at its total, not at 3 trials per worker.
+    workers = [subprocess.Popen([sys.executable, "-m", "hpsearch", "run", "study.yaml"], cwd=tmp_path,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    results = [(w.communicate(timeout=600), w.returncode) for w in workers]
+    for (out, err), code in results:
+        assert code == 0, err
+        assert "s3cret-pw" not in out + err
+        assert "postgresql://root:***@127.0.0.1:5432/test" in out
+
+    study = optuna.load_study(study_name=name, storage=URL)
+    # Each worker stops once the study holds 3 finished trials; one may have been mid-trial then.
+    assert 3 <= len(study.trials) <= 4
+    assert "s3cret-pw" not in json.dumps(study.user_attrs)
+
+    client = mlflow_client(tmp_path / "runs")
+    experiment = client.get_experiment_by_name(name).experiment_id
+    runs = client.search_runs([experiment])
+    assert len(runs) == 1 + len(study.trials)  # one parent run, one run per trial
+    for run in runs:
+        assert "s3cret-pw" not in json.dumps([run.data.params, run.data.tags])
+    parent = next(r for r in runs if r.data.tags.get("hpsearch.role") == "study")
+    artifacts = tmp_path / "runs" / "mlartifacts"
+    for path in artifacts.rglob("*"):
+        if path.is_file():
+            assert "s3cret-pw" not in path.read_text(errors="ignore"), path
+    assert parent.info.run_id == study.user_attrs["mlflow_study_run_id"]
+    optuna.delete_study(study_name=name, storage=URL)
