@@ -95,32 +95,21 @@ def _open_run(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, searched
 
 
 def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, run: TrialRun) -> float:
+    """Pretrain epoch by epoch (from the checkpoint when there is one), record and report each
+    epoch, stop when the pruner or a heuristic says so; then measure the final metric."""
     session = Pretraining(cfg, ctx.splits, ctx.device, trial.user_attrs["seed"])
     evaluator = Evaluator.of(session)
-    directory = ctx.checkpoint_root / trial.user_attrs["checkpoint_key"]
-    history: list[dict] = []  # one entry of metrics per finished epoch, kept in checkpoints
-
-    def save() -> None:
-        checkpoint.save(directory, session.epoch, session.scheduler.last_epoch,
-                        {"training": session.state_dict(), "history": history})
-
-    state = checkpoint.load_latest(directory, map_location=ctx.device)
-    if state is not None:
-        session.load_state_dict(state["training"])
-        history = state["history"]
-        _catch_up(trial, run, history)
-        ctx.say(f"trial {trial.number}: continuing trial {trial.user_attrs.get('retry_of')} from its checkpoint "
-                f"at epoch {session.epoch}, step {session.scheduler.last_epoch}")
-
-    epochs, every = cfg.training.epochs, cfg.evaluation.eval_every
+    saved = _Saved(ctx.checkpoint_root / trial.user_attrs["checkpoint_key"], session)
+    history = _resume(trial, run, saved, ctx)  # one entry of metrics per finished epoch
     rules = rules_for(cfg.pruning.heuristics, METHODS[cfg.objective.method].collapse_check, ctx.random_init_knn)
+    epochs, every = cfg.training.epochs, cfg.evaluation.eval_every
     while session.epoch < epochs:
         epoch = session.epoch + 1
         try:
             metrics = _train_one_epoch(session, evaluator, evaluate=epoch % every == 0 or epoch == epochs,
                                        stop=ctx.stop)
         except Interrupted:
-            save()
+            saved.write(history)
             raise
         except Diverged as err:
             _stop(trial, epoch, f"diverged: {err}")
@@ -129,25 +118,64 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
         # Checkpoint before recording: a worker killed in between re-records from the history
         # (_catch_up), instead of recording an epoch it will train again.
         if epoch % cfg.recovery.checkpoint_every == 0 or epoch == epochs:
-            save()
-        run.log_metrics(metrics, step=epoch)
-        knn = metrics.get("knn_accuracy")
-        if knn is not None:
-            trial.report(knn, epoch)
-            # Every proxy stays with the trial, for calibration and custom pruners to read.
-            trial.set_user_attr(HISTORY_ATTR, [_proxies_only(h) for h in history if "knn_accuracy" in h])
-        ctx.on_epoch(trial.number, epoch, metrics)
-        if knn is not None and epoch < epochs:
-            if epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
-                explained = getattr(trial.study.pruner, "reasons", {}).get(trial.number)
-                _stop(trial, epoch, explained or f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
-            if (reason := first_reason(rules, history)) is not None:
-                _stop(trial, epoch, reason)
+            saved.write(history)
+        _record(trial, run, history, ctx)
+        if "knn_accuracy" in metrics and epoch < epochs:
+            _prune_if_told(trial, cfg, rules, history)
         ctx.stop.check()
     final = evaluator.final_metric(session.method.backbone)  # evaluation.final_metric, overall and per class
     run.log_metrics(final.metrics(), step=epochs)
     trial.set_user_attr("worst_class", {"class": final.scores.worst_class, "accuracy": final.scores.worst_accuracy})
     return final.accuracy
+
+
+@dataclass
+class _Saved:
+    """A trial's checkpoints: its training state and its history, in its own directory."""
+
+    directory: Path
+    session: Pretraining
+
+    def write(self, history: list[dict]) -> None:
+        checkpoint.save(self.directory, self.session.epoch, self.session.scheduler.last_epoch,
+                        {"training": self.session.state_dict(), "history": history})
+
+
+def _resume(trial: optuna.Trial, run: TrialRun, saved: _Saved, ctx: TrialContext) -> list[dict]:
+    """Continue from the newest checkpoint, if any (a retry, or a trial interrupted before): load the
+    training state, record what the dead worker had not, and return the history so far."""
+    state = checkpoint.load_latest(saved.directory, map_location=ctx.device)
+    if state is None:
+        return []
+    session = saved.session
+    session.load_state_dict(state["training"])
+    history = state["history"]
+    _catch_up(trial, run, history)
+    ctx.say(f"trial {trial.number}: continuing trial {trial.user_attrs.get('retry_of')} from its checkpoint "
+            f"at epoch {session.epoch}, step {session.scheduler.last_epoch}")
+    return history
+
+
+def _record(trial: optuna.Trial, run: TrialRun, history: list[dict], ctx: TrialContext) -> None:
+    """The newest epoch to MLflow, its kNN to Optuna (with every proxy kept with the trial, for
+    calibration and custom pruners to read), and to the console."""
+    entry = history[-1]
+    epoch, metrics = entry["epoch"], {k: v for k, v in entry.items() if k != "epoch"}
+    run.log_metrics(metrics, step=epoch)
+    if "knn_accuracy" in metrics:
+        trial.report(metrics["knn_accuracy"], epoch)
+        trial.set_user_attr(HISTORY_ATTR, [_proxies_only(h) for h in history if "knn_accuracy" in h])
+    ctx.on_epoch(trial.number, epoch, metrics)
+
+
+def _prune_if_told(trial: optuna.Trial, cfg: StudyConfig, rules, history: list[dict]) -> None:
+    """Stop the trial (TrialPruned) when the pruner, after its warm-up, or an SSL heuristic says so."""
+    epoch, knn = history[-1]["epoch"], history[-1]["knn_accuracy"]
+    if epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
+        explained = getattr(trial.study.pruner, "reasons", {}).get(trial.number)
+        _stop(trial, epoch, explained or f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
+    if (reason := first_reason(rules, history)) is not None:
+        _stop(trial, epoch, reason)
 
 
 def _train_one_epoch(session: Pretraining, evaluator: Evaluator, evaluate: bool, stop: StopRequest) -> dict[str, float]:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import hpsearch
-from tests.data.cifar import CIFAR_ARCHIVE, extract_small_cifar, linked_copy
+from tests.data.cifar import CIFAR_ARCHIVE, extract_small_cifar
 from tests.helpers import ROOT, run_cli, tiny_study
 from hpsearch.data import DATASETS, load_splits
 from hpsearch.config.schema import DataConfig
@@ -31,20 +31,12 @@ TRAIN_PER_CLASS, TEST_PER_CLASS, SPARE_PER_CLASS = 100, 30, 5
 needs_archive = pytest.mark.skipif(not ARCHIVE.exists(), reason=f"{ARCHIVE} is not here")
 
 
-pytestmark = pytest.mark.usefixtures("cache")  # every test caches into its own folder
-
 
 @pytest.fixture(scope="session")
 def small_cifar(tmp_path_factory) -> Path:
     """root/train/<class>/ (100 each), root/test/<class>/ (30 each) and root/spare/<class>/ (5 more
     train images each, never in train/: material for unlabeled/ folders). Extracted once."""
     return extract_small_cifar(tmp_path_factory.mktemp("small-cifar"), TRAIN_PER_CLASS, TEST_PER_CLASS, SPARE_PER_CLASS)
-
-
-@pytest.fixture
-def folder(small_cifar, tmp_path) -> Path:
-    """A private copy of the small ImageFolder (hard links: fast, and files may be added or removed)."""
-    return linked_copy(small_cifar, tmp_path / "images")
 
 
 def config(**fields) -> DataConfig:

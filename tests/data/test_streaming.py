@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import hpsearch
-from tests.data.cifar import CIFAR_ARCHIVE, extract_small_cifar, linked_copy
+from tests.data.cifar import CIFAR_ARCHIVE, extract_small_cifar
 from tests.helpers import ROOT, tiny_study
 from hpsearch.training.checkpoint import load_latest, save
 from hpsearch.data import StreamedImages, load_splits, pretrain_batches
@@ -33,20 +33,12 @@ ARCHIVE = CIFAR_ARCHIVE
 TRAIN_PER_CLASS, TEST_PER_CLASS, SPARE_PER_CLASS = 20, 5, 3
 
 
-pytestmark = pytest.mark.usefixtures("cache")  # every test caches into its own folder
-
 
 @pytest.fixture(scope="module")
 def small_cifar(tmp_path_factory) -> Path:
     """root/train/<class>/ (20 each), root/test/<class>/ (5 each) and root/spare/<class>/ (3 more train
     images each, material for an unlabeled/ folder). Extracted once per module."""
     return extract_small_cifar(tmp_path_factory.mktemp("stream-cifar"), TRAIN_PER_CLASS, TEST_PER_CLASS, SPARE_PER_CLASS)
-
-
-@pytest.fixture
-def folder(small_cifar, tmp_path) -> Path:
-    """A private copy of the small ImageFolder (hard links)."""
-    return linked_copy(small_cifar, tmp_path / "images")
 
 
 def config(**fields) -> DataConfig:
