@@ -1,7 +1,9 @@
 """The `hpsearch` command as users run it: a real process, then the MLflow UI serving its results."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,10 +58,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ui_serves_the_study_with_nested_trial_runs(cli_run):
+def process_tree(root: int) -> list[str]:
+    """Command lines of `root` and all its descendants, read from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:  # the process ended while we read
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    commands, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                commands.append(f.read().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return commands
+
+
+def test_ui_from_the_venv_bin_serves_the_study_as_one_light_process_tree(cli_run):
     home, _ = cli_run
+    # A venv's bin/hpsearch called by its full path, with a PATH on which no `mlflow` exists:
+    # the UI must come from the interpreter hpsearch runs in.
+    hpsearch = os.path.join(os.path.dirname(sys.executable), "hpsearch")
+    assert os.path.exists(hpsearch), "install the project (pip install -e .) so that bin/hpsearch exists"
+    path = "/usr/bin:/bin"
+    assert shutil.which("mlflow", path=path) is None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PATH": path}
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "hpsearch", "ui", "--port", str(port)], cwd=home,
+    server = subprocess.Popen([hpsearch, "ui", "--port", str(port)], cwd=home, env=env,
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -73,6 +105,12 @@ def test_ui_serves_the_study_with_nested_trial_runs(cli_run):
                 assert server.poll() is None, server.stdout.read().decode()
                 assert time.time() < deadline, "MLflow UI did not come up"
                 time.sleep(0.5)
+
+        # Light: the server and one web worker. MLflow 3.17's defaults add a job runner, 8 huey
+        # consumers and 3 more workers (15 processes, ~3.2 GB), which browsing runs never uses.
+        tree = process_tree(server.pid)
+        assert len(tree) <= 2, tree
+        assert not any("huey" in c or "_job_runner" in c for c in tree), tree
 
         def post(path, body):
             request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
@@ -88,8 +126,19 @@ def test_ui_serves_the_study_with_nested_trial_runs(cli_run):
         assert len(children) >= 2
         assert urllib.request.urlopen(base + "/", timeout=10).status == 200  # the UI page itself
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_group(server)
+
+
+def stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM the server's whole process group, SIGKILL what is left after 30 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):  # the group is already gone
+            os.killpg(server.pid, sig)
+        try:
+            server.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def test_ui_without_results_says_what_to_do(tmp_path):
