@@ -7,8 +7,9 @@ from typing import Callable
 
 import optuna
 
-from hpsearch.pruning.pruners import build_pruner
 from hpsearch.config.schema import StudyConfig
+from hpsearch.evaluation import FINAL_METRIC_KEYS
+from hpsearch.pruning.pruners import build_pruner
 from hpsearch.tracking.urls import mask
 
 
@@ -42,6 +43,12 @@ def connect(cfg: StudyConfig, url: str, on_stale: Callable | None = None, attemp
 def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """Create or load the study by name, with the sampler and pruner the study file names."""
     study = optuna.create_study(study_name=cfg.name, storage=storage, direction="maximize", load_if_exists=True)
+    # Name the objective after the metric MLflow logs it as, so optuna-dashboard and
+    # `optuna trials` do not say "Objective 0"; set on every open, so studies created before
+    # this (and a study file that changed its final metric, with --force) are named too.
+    metric = FINAL_METRIC_KEYS[cfg.evaluation.final_metric]
+    if study.metric_names != [metric]:
+        study.set_metric_names([metric])
     # Offset the sampler's seed by the trials already there: a continued study must not replay
     # the random start-up proposals of its first run.
     seed = cfg.seed + len(study.trials)
