@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,9 +29,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def did_you_mean(value: str, known) -> str:
+    """' (did you mean 'x'?)' when one known name is close to `value` (a typo, a dash), else ''."""
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _one_of(name: str, value: str, known) -> str:
     if value not in known:
-        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(sorted(known))}")
+        raise ValueError(f"unknown {name} {value!r}{did_you_mean(value, known)}; "
+                         f"expected one of: {', '.join(sorted(known))}")
     return value
 
 

@@ -6,6 +6,7 @@ Every error a user can make in a study file becomes a StudyFileError whose messa
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from hpsearch.config.schema import FieldError, StudyConfig
+from hpsearch.config.schema import FieldError, StudyConfig, did_you_mean
 from hpsearch.pruning.pruners import build_pruner
 from hpsearch.study.space import check_space, set_path
 from objectives import METHODS
@@ -139,16 +140,22 @@ def _describe(error: dict, raw: dict) -> tuple[str, str]:
     path, kind, msg = ".".join(loc), error["type"], error["msg"]
     if kind == "extra_forbidden":
         known = _known_keys(loc[:-1], raw)
-        return path, "unknown key" + (f"; expected one of: {', '.join(known)}" if known else "")
+        return path, "unknown key" + (f"{did_you_mean(loc[-1], known)}; expected one of: {', '.join(known)}"
+                                      if known else "")
     if kind == "missing":
         return path, "required field is missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         got = error["input"].get("method") if isinstance(error["input"], dict) else None
-        return path + ".method", f"unknown method {got!r}; expected one of: {', '.join(sorted(METHODS))}"
+        return path + ".method", (f"unknown method {got!r}{did_you_mean(got, METHODS) if got else ''}; "
+                                  f"expected one of: {', '.join(sorted(METHODS))}")
     if msg.startswith("Value error, "):
         return path, msg.removeprefix("Value error, ")
     expected = msg.removeprefix("Input should be ").removeprefix("input should be ")
-    return path, f"expected {expected}, got {error.get('input')!r}"
+    hint = ""
+    if kind == "literal_error" and isinstance(error.get("input"), str):
+        # pydantic lists the choices as "'sgd', 'adamw' or 'lars'"
+        hint = did_you_mean(error["input"], re.findall(r"'([^']*)'", error.get("ctx", {}).get("expected", "")))
+    return path, f"expected {expected}, got {error.get('input')!r}{hint}"
 
 
 def _known_keys(loc: list[str], raw: dict) -> list[str]:

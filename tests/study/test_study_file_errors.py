@@ -5,12 +5,15 @@ import textwrap
 
 import pytest
 
+from hpsearch.study.studyfile import StudyFileError, load_study
 from tests.helpers import run_cli
 
 CASES = [
     # (study file body, text the one-line error must contain)
     ("name: x\ntraining:\n  epochs: [1\n", ["bad.yaml:4", "YAML syntax error"]),
     ("name: x\ntraining:\n  epoch: 3\n", ["bad.yaml:3", "training.epoch", "unknown key", "epochs"]),
+    ("name: x\ntraining:\n  optimzer: {lr: 0.1}\n",
+     ["bad.yaml:3", "training.optimzer", "unknown key (did you mean 'optimizer'?)", "batch_size"]),
     ("name: x\ntraining:\n  epochs: three\n", ["bad.yaml:3", "training.epochs", "integer"]),
     ("name: x\ntraining:\n  batch_size: 0\n", ["training.batch_size", "greater than 1"]),
     ("name: x\nsearch_space:\n  training.optimizer.lr: {type: float, low: 2, high: 1}\n",
@@ -67,3 +70,31 @@ def test_split_larger_than_the_dataset_is_bad_input(tmp_path):
     assert result.returncode == 2
     assert "eval_size + probe_size" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# (study file body, the closest known name, or None when none is close enough to suggest)
+DID_YOU_MEAN = [
+    ("training:\n  optimzer: {lr: 0.1}\n", "optimizer"),
+    ("objective: {method: simclr, temprature: 0.2}\n", "temperature"),
+    ("objective:\n  method: simclrr\n", "simclr"),
+    ("data:\n  dataset: cifar-10\n", "cifar10"),
+    ("model:\n  backbone: resnet19\n", "resnet18"),
+    ("pruning:\n  name: medain\n", "median"),
+    ("training:\n  optimizer: {name: adam}\n", "adamw"),
+    ("model:\n  backbone: vgg\n", None),
+    ("training:\n  zzz: 1\n", None),
+]
+
+
+@pytest.mark.parametrize("body, closest", DID_YOU_MEAN, ids=[c[0].split(":")[0] + f"-{c[1]}" for c in DID_YOU_MEAN])
+def test_an_unknown_key_or_name_suggests_the_closest_known_one(tmp_path, body, closest):
+    (tmp_path / "bad.yaml").write_text("name: x\n" + body)
+    with pytest.raises(StudyFileError) as err:
+        load_study(tmp_path / "bad.yaml")
+    message = str(err.value)
+    # The expected names are always listed; a suggestion is added only when one is close (difflib).
+    assert "expected" in message
+    if closest is None:
+        assert "did you mean" not in message
+    else:
+        assert f"(did you mean {closest!r}?)" in message
