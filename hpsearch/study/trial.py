@@ -169,9 +169,11 @@ def _record(trial: optuna.Trial, run: TrialRun, history: list[dict], ctx: TrialC
 
 
 def _prune_if_told(trial: optuna.Trial, cfg: StudyConfig, rules, history: list[dict]) -> None:
-    """Stop the trial (TrialPruned) when the pruner, after its warm-up, or an SSL heuristic says so."""
+    """Stop the trial (TrialPruned) when, after the warm-up, the pruner or an SSL heuristic says so."""
     epoch, knn = history[-1]["epoch"], history[-1]["knn_accuracy"]
-    if epoch >= cfg.pruning.warmup_epochs and trial.should_prune():
+    if epoch < cfg.pruning.warmup_epochs:
+        return  # "never prune before" is one promise: the SSL heuristics wait too (divergence does not)
+    if trial.should_prune():
         explained = getattr(trial.study.pruner, "reasons", {}).get(trial.number)
         _stop(trial, epoch, explained or f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
     if (reason := first_reason(rules, history)) is not None:

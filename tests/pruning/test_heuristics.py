@@ -53,3 +53,15 @@ def test_a_heuristic_stops_a_real_trial_and_says_why(tmp_path, mlflow_client):
     assert trial.user_attrs["reason"].startswith("collapse:")
     run = mlflow_client(tmp_path / "runs").get_run(trial.user_attrs["mlflow_run_id"])
     assert run.data.tags["hpsearch.reason"].startswith("collapse:") and run.info.status == "KILLED"
+
+
+def test_the_heuristics_wait_for_the_pruning_warm_up(tmp_path, mlflow_client):
+    # The same always-firing collapse rule with pruning.warmup_epochs: 3 (the quickstart's): the
+    # rule would stop the trial at epoch 2, but nothing prunes before the warm-up, so it stops at
+    # epoch 3, the first epoch the warm-up allows, and not later.
+    cfg = tiny_study(tmp_path / "runs", n_trials=1, **{"training.epochs": 4},
+                     pruning={"name": "none", "warmup_epochs": 3,
+                              "heuristics": {"collapse": {"threshold": 100.0, "patience": 2}}})
+    trial = hpsearch.run_study(cfg).trials[0]
+    assert trial.state.name == "PRUNED" and trial.user_attrs["epochs_trained"] == 3
+    assert trial.user_attrs["reason"].startswith("collapse:")
