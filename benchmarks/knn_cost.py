@@ -64,8 +64,9 @@ def build(model: dict, images: torch.Tensor, probe: tuple[torch.Tensor, torch.Te
         "evaluation": {"eval_every": 1},
     })
     x = images.double().div(255)
-    splits = Splits(pretrain=images, probe_images=probe[0], probe_labels=probe[1], eval_images=probe[0][:10],
-                    eval_labels=probe[1][:10], mean=x.mean(dim=(0, 2, 3)).float(), std=x.std(dim=(0, 2, 3)).float())
+    splits = Splits(pretrain=images, probe_images=probe[0], probe_labels=probe[1], val_images=probe[0][:10],
+                    val_labels=probe[1][:10], test_images=probe[0][:10], test_labels=probe[1][:10],
+                    mean=x.mean(dim=(0, 2, 3)).float(), std=x.std(dim=(0, 2, 3)).float())
     return Pretraining(cfg, splits, torch.device("cpu"), seed=0)
 
 

@@ -65,8 +65,9 @@ def child_train(method: str, batch: int, args) -> dict:
     images = torch.randint(0, 256, (batch * args.steps, 3, size, size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (len(images),), generator=g)
     # Probe/eval are a slice of the same images (not used: nothing is evaluated).
-    splits = Splits(pretrain=images, probe_images=images[:100], probe_labels=labels[:100], eval_images=images[:100],
-                    eval_labels=labels[:100], mean=torch.full((3,), 0.5), std=torch.full((3,), 0.29)).to(device)
+    splits = Splits(pretrain=images, probe_images=images[:100], probe_labels=labels[:100], val_images=images[:100],
+                    val_labels=labels[:100], test_images=images[:100], test_labels=labels[:100],
+                    mean=torch.full((3,), 0.5), std=torch.full((3,), 0.29)).to(device)
     cfg, _ = load_study({
         "name": f"peak-memory-{method}",
         "data": {"dataset": "cifar10", "root": "in-memory", "image_size": size},  # only has to validate

@@ -56,8 +56,9 @@ def in_memory_splits(images: torch.Tensor, labels: torch.Tensor) -> Splits:
     """Pretraining images as given; probe/eval are a slice (unused here); exact per-channel mean/std."""
     x = images.double().div(255)
     mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
-    return Splits(pretrain=images, probe_images=images[:100], probe_labels=labels[:100], eval_images=images[:100],
-                  eval_labels=labels[:100], mean=mean.float(), std=std.float())
+    return Splits(pretrain=images, probe_images=images[:100], probe_labels=labels[:100], val_images=images[:100],
+                  val_labels=labels[:100], test_images=images[:100], test_labels=labels[:100],
+                  mean=mean.float(), std=std.float())
 
 
 class PlainLoop:

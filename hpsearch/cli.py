@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", help="Optuna storage URL (default sqlite:///<workdir>/optuna.db)")
     report.add_argument("--workdir", help="work directory (default ./hpsearch-runs)")
     report.add_argument("--json", action="store_true", help="print the calibration records as JSON")
+    report.add_argument("--test", action="store_true",
+                        help="measure the best trials (by validation value) on the test split, from their kept "
+                             "checkpoints, and show both figures")
+    report.add_argument("--top", type=int, default=None, metavar="K",
+                        help="with --test: how many of the best trials (default: evaluation.test_top_k, at least 1)")
 
     add_replay_commands(commands)
 
@@ -107,6 +112,15 @@ def _report(args) -> int:
         return EXIT_BAD_INPUT
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study_name, storage=url)
+    if args.test:
+        from hpsearch.report import test_report
+
+        try:
+            print(test_report(study, top=args.top, workdir=args.workdir), end="")
+        except StudyFileError as err:
+            print(f"hpsearch: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return 0
     print(calibration_json(calibration_records(study.get_trials())) if args.json else study_report(study), end="")
     return 0
 

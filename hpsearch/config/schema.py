@@ -53,10 +53,19 @@ class DataConfig(Section):
     cache_dir: str | None = Field(None, description="where decoded uint8 tensors are cached across trials and runs; "
                                                     "null = $HPSEARCH_CACHE, else ~/.cache/hpsearch")
     image_size: int = Field(16, gt=0, description="images are resized to image_size x image_size once, at load")
-    eval_size: int | None = Field(None, gt=0, description="held-out images the final metric is measured on, a stratified "
-                                                          "subset of the test split; null = all of it (digits, which "
-                                                          "has no test split, then holds out 400 of its 1,797)")
-    probe_size: int = Field(500, gt=1, description="labelled images for the kNN proxy and the linear probe")
+    eval_size: int | None = Field(None, gt=0, description="test images: a stratified subset of the test split, held out "
+                                                          "of everything and read only to report the chosen "
+                                                          "configurations (evaluation.test_top_k); null = all of it "
+                                                          "(digits, which has no test split, then holds out 400 of "
+                                                          "its 1,797)")
+    probe_size: int = Field(500, gt=1, description="the label budget: labelled train images the kNN proxy, the linear "
+                                                   "probe, fine-tuning and the online probe learn from")
+    val_size: int | None = Field(None, gt=0, description="validation images: a stratified subset of the labelled train "
+                                                         "images outside the probe split, on which the trial value and "
+                                                         "every pruning decision are measured (their labels train "
+                                                         "nothing; the images stay in the unlabelled pretraining pool); "
+                                                         "null = as many as the test images, at most all train images "
+                                                         "outside the probe split")
     pretrain_size: int | None = Field(None, gt=0, description="unlabelled pretraining images; null = all of train "
                                                               "(+ unlabeled), or for digits all but eval")
     split_seed: int = Field(0, description="seed of the stratified splits (fixed across trials)")
@@ -206,11 +215,14 @@ class EvaluationConfig(Section):
     eval_every: int = Field(1, gt=0, description="epochs between proxy evaluations (the last epoch is always evaluated)")
     final_metric: Literal["linear_probe", "knn", "finetune"] = Field(
         "linear_probe", description="the delayed metric, the trial's value: trained on the probe split, measured on "
-                                    "the held-out split; linear_probe (frozen features), knn (weighted kNN with "
+                                    "the validation split; linear_probe (frozen features), knn (weighted kNN with "
                                     "knn.k and knn.temperature) or finetune (see finetune)")
     knn: KnnConfig = KnnConfig()
     linear_probe: LinearProbeConfig = LinearProbeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    test_top_k: int = Field(1, ge=0, description="when the study ends, the best k trials (by validation value) are "
+                                                 "measured on the test split, from their kept checkpoints "
+                                                 "(at most recovery.keep_best); 0 = never")
 
 
 class CollapseRule(Section):
@@ -338,6 +350,9 @@ class StudyConfig(Section):
                 "evaluation.eval_every",
                 f"expected at most training.epochs ({self.training.epochs}), got {self.evaluation.eval_every}",
             )
+        if self.evaluation.test_top_k > self.recovery.keep_best:
+            raise FieldError("evaluation.test_top_k", f"expected at most recovery.keep_best ({self.recovery.keep_best}): "
+                             f"the test split is measured from kept checkpoints, got {self.evaluation.test_top_k}")
         if self.model.backbone.startswith("vit"):
             try:
                 check_patch_size(self.model, self.data.image_size)

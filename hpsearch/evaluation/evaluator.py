@@ -1,16 +1,18 @@
 """Measuring a trial's encoder: the proxies at each evaluation (on the probe split) and the delayed
-final metric at the end (trained on the probe split, measured on the held-out split)."""
+final metric (trained on the probe split, measured on the validation split for the trial value, or
+on the test split to report a chosen configuration)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from hpsearch import augment
 from hpsearch.config.schema import StudyConfig
-from hpsearch.data import Splits
+from hpsearch.data import Splits, stratified_pick
 from hpsearch.evaluation.accuracy import ClassAccuracy, class_accuracy
 from hpsearch.evaluation.features import extract_features
 from hpsearch.evaluation.finetune import finetune_predict
@@ -38,7 +40,7 @@ class FinalMetric:
 
     def metrics(self) -> dict[str, float]:
         """For MLflow: the overall accuracy under FINAL_METRIC_KEYS, `worst_class_accuracy` and
-        `class_accuracy/<class index>` for each class of the held-out split."""
+        `class_accuracy/<class index>` for each class of the split measured."""
         return {FINAL_METRIC_KEYS[self.name]: self.scores.accuracy,
                 "worst_class_accuracy": self.scores.worst_accuracy,
                 **{f"class_accuracy/{c}": a for c, a in self.scores.per_class.items()}}
@@ -56,6 +58,7 @@ class Evaluator:
                  memory_format: torch.memory_format = torch.contiguous_format):
         self.cfg, self.splits, self.seed = cfg, splits, seed
         self.autocast, self.memory_format = autocast, memory_format
+        self._view_subset: Tensor | None = None
 
     @classmethod
     def of(cls, session: Pretraining) -> "Evaluator":
@@ -66,16 +69,30 @@ class Evaluator:
     def _features(self, backbone: nn.Module, images: Tensor) -> Tensor:
         return extract_features(backbone, images, self.splits.mean, self.splits.std)
 
+    def view_subset(self, size: int = 256) -> Tensor:
+        """Positions in the probe split of the images the embedding proxies (alignment, uniformity,
+        normalised std) are measured on: a stratified subset, drawn once from a fixed seed, so that
+        every class counts (a probe split listed class by class would give its first class only)."""
+        if self._view_subset is None:
+            labels = self.splits.probe_labels.cpu().numpy()
+            if size >= len(labels):
+                picked = np.arange(len(labels))
+            else:
+                picked = stratified_pick(labels, size, np.random.default_rng(0))[1]
+            self._view_subset = torch.from_numpy(picked).to(self.splits.probe_images.device)
+        return self._view_subset
+
     @torch.no_grad()
     def proxies(self, method: SSLMethod, epoch: int, subset: int = 256) -> dict[str, float]:
         """The kNN proxy plus representation diagnostics, from one pass over the probe split and
-        two augmented views of its first `subset` images (views drawn from a fixed, separate
-        generator, so evaluating never changes training). Raises Diverged on non-finite features."""
+        two augmented views of a stratified `subset` of its images (views drawn from a fixed,
+        separate generator, so evaluating never changes training). Raises Diverged on non-finite
+        features."""
         knn = self.cfg.evaluation.knn
         features = self._features(method.backbone, self.splits.probe_images)
         if not torch.isfinite(features).all():  # a finite loss can hide exploded BatchNorm statistics
             raise Diverged(f"non-finite backbone features at epoch {epoch}")
-        images = self.splits.probe_images[:subset]
+        images = self.splits.probe_images[self.view_subset(subset)]
         views = augment.random_views(images, self.cfg.augment, self.cfg.data.image_size,
                                      torch.Generator().manual_seed(0), 2)
         was_training = method.training
@@ -93,39 +110,41 @@ class Evaluator:
         }
         return dict(zip(values, torch.stack([v.float() for v in values.values()]).tolist()))  # one host sync
 
-    def linear_probe(self, backbone: nn.Module) -> float:
-        """The linear probe on frozen features, trained on the probe split and measured on the
-        held-out split (the default final metric, and the random-init baseline's)."""
-        return (self._linear_probe_predictions(backbone) == self.splits.eval_labels).float().mean().item()
+    def linear_probe(self, backbone: nn.Module, split: str = "val") -> float:
+        """The linear probe on frozen features, trained on the probe split and measured on `split`
+        (the default final metric, and the random-init baseline's)."""
+        images, labels = self.splits.split(split)
+        return (self._linear_probe_predictions(backbone, images) == labels).float().mean().item()
 
-    def final_metric(self, backbone: nn.Module) -> FinalMetric:
+    def final_metric(self, backbone: nn.Module, split: str = "val") -> FinalMetric:
         """The delayed true metric `evaluation.final_metric`, trained on the probe split and measured
-        on the held-out split, overall and per class."""
+        on `split` (`val`: the trial value; `test`: only to report a chosen configuration), overall
+        and per class."""
         name = self.cfg.evaluation.final_metric
         predict = {"linear_probe": self._linear_probe_predictions, "knn": self._knn_predictions,
                    "finetune": self._finetune_predictions}[name]
-        return FinalMetric(name, class_accuracy(predict(backbone), self.splits.eval_labels, self.splits.num_classes))
+        images, labels = self.splits.split(split)
+        return FinalMetric(name, class_accuracy(predict(backbone, images), labels, self.splits.num_classes))
 
-    def _linear_probe_predictions(self, backbone: nn.Module) -> Tensor:
+    def _linear_probe_predictions(self, backbone: nn.Module, images: Tensor) -> Tensor:
         probe = self.cfg.evaluation.linear_probe
         return linear_probe_predict(
             self._features(backbone, self.splits.probe_images), self.splits.probe_labels,
-            self._features(backbone, self.splits.eval_images),
+            self._features(backbone, images),
             self.splits.num_classes, probe.steps, probe.lr, probe.weight_decay,
         )
 
-    def _knn_predictions(self, backbone: nn.Module) -> Tensor:
-        """Weighted kNN of each held-out image among the probe split's features (evaluation.knn)."""
+    def _knn_predictions(self, backbone: nn.Module, images: Tensor) -> Tensor:
+        """Weighted kNN of each image among the probe split's features (evaluation.knn)."""
         knn = self.cfg.evaluation.knn
         return knn_predict(self._features(backbone, self.splits.probe_images), self.splits.probe_labels,
-                           self._features(backbone, self.splits.eval_images), knn.k, knn.temperature,
-                           self.splits.num_classes)
+                           self._features(backbone, images), knn.k, knn.temperature, self.splits.num_classes)
 
-    def _finetune_predictions(self, backbone: nn.Module) -> Tensor:
+    def _finetune_predictions(self, backbone: nn.Module, images: Tensor) -> Tensor:
         """Fine-tunes a copy of the backbone (evaluation.finetune), seeded with the trial's seed."""
         tune = self.cfg.evaluation.finetune
         return finetune_predict(
-            backbone, self.splits.probe_images, self.splits.probe_labels, self.splits.eval_images,
+            backbone, self.splits.probe_images, self.splits.probe_labels, images,
             self.splits.mean, self.splits.std, self.splits.num_classes, blocks=tune.blocks, epochs=tune.epochs,
             batch_size=tune.batch_size, lr=tune.lr, weight_decay=tune.weight_decay, flip_p=tune.flip_p,
             seed=self.seed, autocast=self.autocast, memory_format=self.memory_format, name=self.cfg.model.backbone,

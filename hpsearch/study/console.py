@@ -7,6 +7,7 @@ from typing import TextIO
 
 import optuna
 
+from hpsearch.study.on_test import RANDOM_INIT, results_on_test
 from hpsearch.study.retry import FINISHED, finished_trials
 
 
@@ -59,10 +60,15 @@ class Console:
         self.line(f"trial {trial.number:>3}  {trial.state.name:<8}  {value}  ({epochs} epochs)  |  {self.status}")
 
     def summary(self, study: optuna.Study, ui_hint: str) -> None:
+        """The final table: every finished trial with its validation value (the one the study chose
+        by) and, for the trials measured on the test split, their test value; then the best trial."""
         trials = finished_trials(study)
+        tested = results_on_test(study)
+        test_of = {number: measured["value"] for number, measured in tested.items()}
         names = sorted({name for t in trials for name in t.params})
-        header = ["#", "state", "value", "epochs", *names]
+        header = ["#", "state", "val", *(["test"] if len(tested) > (RANDOM_INIT in tested) else []), "epochs", *names]
         rows = [[str(t.number), t.state.name, f"{t.value:.4f}" if t.state.name == "COMPLETE" else "",
+                 *([_fmt(test_of.get(str(t.number), ""))] if "test" in header else []),
                  str(t.user_attrs.get("epochs_trained", "")), *[_fmt(t.params.get(n, "")) for n in names]]
                 for t in trials]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -71,12 +77,16 @@ class Console:
             self.line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
         top = best(study)
         if top is not None:
-            self.line(f"\nbest trial {top.number}: linear-probe accuracy {top.value:.4f}")
+            on_test = test_of.get(str(top.number))
+            self.line(f"\nbest trial {top.number}: validation linear-probe accuracy {top.value:.4f}"
+                      + (f", test {on_test:.4f}" if on_test is not None else ""))
             for name, value in top.params.items():
                 self.line(f"  {name}: {_fmt(value)}")
         baseline = study.user_attrs.get("random_init_linear_probe")
         if baseline is not None:
-            self.line(f"random-init encoder: linear-probe accuracy {baseline:.4f}")
+            on_test = test_of.get(RANDOM_INIT)
+            self.line(f"random-init encoder: validation linear-probe accuracy {baseline:.4f}"
+                      + (f", test {on_test:.4f}" if on_test is not None else ""))
         self.line(ui_hint)
 
     def _clear(self) -> None:

@@ -17,6 +17,7 @@ from hpsearch.evaluation import FINAL_METRIC_KEYS, Evaluator
 from hpsearch.pruning.calibration import calibration_json, calibration_records, calibration_text
 from hpsearch.study.console import Console, best, counts
 from hpsearch.study.interrupt import Interrupted, StopRequest
+from hpsearch.study.on_test import measure_on_test
 from hpsearch.study.retry import finished_trials, replaced_numbers, requeue
 from hpsearch.study.storage import connect, open_study
 from hpsearch.study.stored_config import check_unchanged, store_config, without_secrets
@@ -110,6 +111,11 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
                 study.optimize(lambda trial: run_trial(trial, ctx), callbacks=[after_trial],
                                catch=(Exception,))  # a failing trial is recorded as FAIL; the study goes on
         status = "FINISHED"
+        if cfg.evaluation.test_top_k:
+            console.line(f"measuring the best {cfg.evaluation.test_top_k} trial(s) on the test split "
+                         f"({len(splits.test_labels)} images, read for nothing else):")
+            measure_on_test(study, cfg, splits, device, checkpoint_root, cfg.evaluation.test_top_k, tracker=tracker,
+                            study_run_id=study_run_id, say=console.line)
     except Interrupted:
         status = "KILLED"
         _requeue_interrupted(study, cfg)

@@ -51,6 +51,11 @@ def check_unchanged(study: optuna.Study, cfg: StudyConfig, force: bool) -> None:
     stored = stored_config(study)
     if stored is None or force:
         return
+    if "val_size" not in (stored.get("data") or {}):
+        raise ConfigChanged(
+            f"study {cfg.name!r} was created by an hpsearch that measured trial values on the test split; this one "
+            "measures them on a validation split (data.val_size), so old and new values would not compare. Give the "
+            "study a new name, or rerun `hpsearch run STUDY_FILE --force` to continue it with validation values")
     old = flatten({k: stored.get(k) for k in SEARCH_DEFINING})
     new = flatten({k: v for k, v in cfg.model_dump(mode="json").items() if k in SEARCH_DEFINING})
     # A field a newer hpsearch added is not a change while it keeps its default: the study's

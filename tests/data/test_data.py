@@ -60,24 +60,24 @@ def decode(path: Path, size: int) -> torch.Tensor:
 def test_imagefolder_eval_is_the_test_split_and_probe_a_stratified_part_of_train(folder):
     splits = load_splits(config(root=str(folder), eval_size=None, probe_size=200))
     assert splits.pretrain.shape == (10 * TRAIN_PER_CLASS, 3, 16, 16)  # pretraining: all of train/
-    assert splits.eval_images.shape[0] == 10 * TEST_PER_CLASS  # eval_size null: all of test/
-    assert splits.pretrain.dtype == torch.uint8 and splits.eval_labels.dtype == torch.int64
+    assert splits.test_images.shape[0] == 10 * TEST_PER_CLASS  # eval_size null: all of test/
+    assert splits.pretrain.dtype == torch.uint8 and splits.test_labels.dtype == torch.int64
     assert torch.bincount(splits.probe_labels).tolist() == [20] * 10  # stratified: 200 / 10 classes
     assert rows(splits.probe_images) <= rows(splits.pretrain)  # probe images come from train/
-    assert not rows(splits.eval_images) & rows(splits.pretrain)  # test/ never reaches pretraining
+    assert not rows(splits.test_images) & rows(splits.pretrain)  # test/ never reaches pretraining
     assert splits.num_classes == 10 and splits.channels == 3
 
 
 def test_eval_size_takes_a_stratified_subset_of_test_and_pretrain_size_subsamples_train(folder):
     splits = load_splits(config(root=str(folder), eval_size=50, pretrain_size=300))
-    assert torch.bincount(splits.eval_labels).tolist() == [5] * 10  # 50 eval images, 5 per class
+    assert torch.bincount(splits.test_labels).tolist() == [5] * 10  # 50 eval images, 5 per class
     assert splits.pretrain.shape[0] == 300
 
 
 def test_splits_are_seeded(folder):
     first, again = (load_splits(config(root=str(folder), eval_size=50, split_seed=3)) for _ in range(2))
     other = load_splits(config(root=str(folder), eval_size=50, split_seed=4))
-    for name in ("probe_images", "probe_labels", "eval_images", "pretrain"):
+    for name in ("probe_images", "probe_labels", "test_images", "pretrain"):
         assert torch.equal(getattr(first, name), getattr(again, name))  # same seed, same splits
     assert not torch.equal(first.probe_images, other.probe_images)  # another seed draws another probe set
 
@@ -86,10 +86,10 @@ def test_classes_are_the_sorted_train_folders_in_every_split(folder):
     shutil.rmtree(folder / "test" / "airplane")  # a test/ without one class keeps the others' indices
     splits = load_splits(config(root=str(folder), eval_size=None, image_size=32))
     # eval_size null keeps test/ in file order: class by class, sorted by the train/ folder names
-    assert splits.eval_labels.tolist() == [i for i in range(1, 10) for _ in range(TEST_PER_CLASS)]
+    assert splits.test_labels.tolist() == [i for i in range(1, 10) for _ in range(TEST_PER_CLASS)]
     cat = CLASSES.index("cat")
-    first_cat = splits.eval_labels.tolist().index(cat)
-    assert torch.equal(splits.eval_images[first_cat], decode(folder / "test/cat/0000.jpg", 32))
+    first_cat = splits.test_labels.tolist().index(cat)
+    assert torch.equal(splits.test_images[first_cat], decode(folder / "test/cat/0000.jpg", 32))
     probe_cat = splits.probe_images[splits.probe_labels == cat]
     train_cat = torch.stack([decode(p, 32) for p in sorted((folder / "train/cat").iterdir())])
     assert rows(probe_cat) <= rows(train_cat)  # a probe image labelled cat is a train/cat/ image
@@ -103,8 +103,48 @@ def test_unlabeled_images_only_reach_pretraining(folder, small_cifar):
     extra = 10 * SPARE_PER_CLASS + 1
     assert splits.pretrain.shape == (10 * TRAIN_PER_CLASS + extra, 3, 16, 16)  # grey image made 3-channel
     spare = splits.pretrain[-extra:]  # unlabeled/ comes after train/ when nothing is subsampled
-    assert not rows(spare) & (rows(splits.probe_images) | rows(splits.eval_images))  # never labelled
+    assert not rows(spare) & (rows(splits.probe_images) | rows(splits.test_images))  # never labelled
     assert splits.num_classes == 10  # unlabeled/ adds no class
+
+
+def test_imagefolder_validation_is_a_stratified_part_of_train_outside_the_probe(folder):
+    splits = load_splits(config(root=str(folder), eval_size=None, probe_size=200, val_size=300))
+    assert torch.bincount(splits.val_labels).tolist() == [30] * 10  # stratified: 300 / 10 classes
+    assert rows(splits.val_images) <= rows(splits.pretrain)  # train images, seen unlabelled in pretraining
+    assert not rows(splits.val_images) & rows(splits.probe_images)  # the probe's labels never score a trial
+    assert not rows(splits.val_images) & rows(splits.test_images)
+    default = load_splits(config(root=str(folder), eval_size=None, probe_size=200))
+    assert len(default.val_labels) == len(default.test_labels) == 10 * TEST_PER_CLASS  # null: as many as test
+
+
+def test_digits_gets_the_same_three_way_split():
+    cfg = DataConfig(dataset="digits", image_size=8, eval_size=400, probe_size=100, val_size=300)
+    splits = load_splits(cfg)
+    assert (len(splits.test_labels), len(splits.val_labels), len(splits.probe_labels)) == (400, 300, 100)
+    assert len(splits.pretrain) == 1797 - 400  # everything but the test split
+    assert not rows(splits.test_images) & rows(splits.pretrain)  # test is held out of everything
+    assert rows(splits.val_images) <= rows(splits.pretrain) and not rows(splits.val_images) & rows(splits.probe_images)
+    assert max(torch.bincount(splits.val_labels).tolist()) - min(torch.bincount(splits.val_labels).tolist()) <= 2
+    again, other = load_splits(cfg), load_splits(cfg.model_copy(update={"split_seed": 1}))
+    assert torch.equal(again.val_images, splits.val_images)  # seeded
+    assert not torch.equal(other.val_images, splits.val_images)
+
+
+def test_only_the_probe_split_labels_reach_the_online_probe(folder):
+    # The label budget is the probe split: every other pretraining image is unlabelled (-1) to it.
+    for splits in (load_splits(config(root=str(folder), eval_size=None, probe_size=200)),
+                   load_splits(DataConfig(dataset="digits", image_size=8, eval_size=400, probe_size=100))):
+        labelled = splits.pretrain_labels >= 0
+        assert int(labelled.sum()) == len(splits.probe_labels)
+        assert rows(splits.pretrain[labelled]) == rows(splits.probe_images)
+        by_image = {bytes(i.numpy()): int(y) for i, y in zip(splits.probe_images, splits.probe_labels)}
+        assert all(by_image[bytes(i.numpy())] == int(y)
+                   for i, y in zip(splits.pretrain[labelled], splits.pretrain_labels[labelled]))
+
+
+def test_a_validation_split_that_does_not_fit_names_the_field(folder):
+    with pytest.raises(ValueError, match=r"^data\.val_size: expected at most 800 \(the 1000 labelled images not in the probe split\), got 900$"):
+        load_splits(config(root=str(folder), eval_size=None, probe_size=200, val_size=900))
 
 
 # --- cache ------------------------------------------------------------------------------------
@@ -119,7 +159,7 @@ def test_second_load_reads_the_cache_and_a_new_image_size_makes_new_entries(fold
     for path, stat in entries.items():
         now = path.stat()
         assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)  # read, not rewritten
-    for name in ("pretrain", "probe_images", "probe_labels", "eval_images", "eval_labels"):
+    for name in ("pretrain", "probe_images", "probe_labels", "test_images", "test_labels"):
         assert torch.equal(getattr(first, name), getattr(again, name))
     assert set(cache.glob("*.pt")) == set(entries)  # nothing new
     bigger = load_splits(config(root=str(folder), eval_size=None, image_size=24))
@@ -160,7 +200,7 @@ def test_a_torchvision_dataset_is_read_resized_and_cached(tmp_path, cache):
     cfg = DataConfig(dataset="MNIST", root=str(tmp_path / "mnist"), image_size=14, eval_size=None, probe_size=40)
     splits = load_splits(cfg)
     assert cfg.dataset == "mnist"  # names are case-insensitive; the schema keeps the canonical one
-    assert splits.pretrain.shape == (200, 1, 14, 14) and splits.eval_images.shape == (50, 1, 14, 14)
+    assert splits.pretrain.shape == (200, 1, 14, 14) and splits.test_images.shape == (50, 1, 14, 14)
     assert torch.bincount(splits.probe_labels).tolist() == [4] * 10
     assert sorted(p.name.split("-")[1] for p in cache.glob("mnist-*-14px-*.pt")) == ["test", "train"]
 

@@ -62,7 +62,8 @@ def test_streamed_batches_equal_the_cached_images(folder, small_cifar, workers):
     memory, streamed = both(folder, pretrain_size=190, eval_size=30, workers=workers)
     assert isinstance(memory.pretrain, torch.Tensor) and isinstance(streamed.pretrain, StreamedImages)
     assert streamed.pretrain.shape == memory.pretrain.shape == (190, 3, 16, 16) and len(streamed.pretrain) == 190
-    for name in ("probe_images", "probe_labels", "eval_images", "eval_labels", "mean", "std"):
+    for name in ("probe_images", "probe_labels", "val_images", "val_labels", "test_images", "test_labels", "mean", "std",
+                 "pretrain_labels"):
         assert torch.equal(getattr(streamed, name), getattr(memory, name)), name  # identical splits and statistics
     order = torch.randperm(190, generator=torch.Generator().manual_seed(1))
     for start, batch_size in ((0, 32), (3, 32), (0, 190)):

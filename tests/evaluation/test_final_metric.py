@@ -68,7 +68,7 @@ def test_per_class_accuracies_average_to_the_overall_accuracy_and_the_worst_is_t
     final = evaluate(session, final_metric="knn")
     scores = final.scores
     assert set(scores.per_class) == set(range(10))
-    assert sum(scores.support.values()) == len(session.splits.eval_labels)
+    assert sum(scores.support.values()) == len(session.splits.val_labels)
     weighted = sum(scores.per_class[c] * scores.support[c] for c in scores.per_class) / sum(scores.support.values())
     assert weighted == pytest.approx(scores.accuracy, abs=1e-12)
     assert scores.worst_accuracy == min(scores.per_class.values())
