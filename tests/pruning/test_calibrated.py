@@ -160,19 +160,42 @@ def test_hpsearch_run_uses_the_calibrated_pruner_and_reports_its_calibration(tmp
     import hpsearch
     from tests.helpers import run_cli, tiny_study
 
+    # Four trials queued so that the pruner's decisions follow from the design, not from noise: a
+    # width-1 encoder reads ~0.45 kNN after one epoch where width 8 reads ~0.75. With min_trials 4
+    # the pruner stays in its cold-start median rule for all four, judging from 2 stopped trials on:
+    #   0 wide, 1 narrow: fewer than 2 others, no decision, both complete;
+    #   2 wide: above the median of (wide, narrow), completes;
+    #   3 narrow: below the median of (wide, narrow, wide) at epoch 1, pruned there.
+    # (The calibrated rule proper, with its significance test, is driven above on studies big
+    # enough for it; 4 real trials cannot reach the |rho| it needs.) The heuristics are off so that
+    # only the pruner decides.
     cfg = tiny_study(tmp_path / "runs", n_trials=4, training={"epochs": 3, "batch_size": 128},
-                     pruning={"name": "calibrated", "args": {"min_trials": 3, "cold_start_trials": 10},
-                              "warmup_epochs": 1})
+                     pruning={"name": "calibrated", "args": {"min_trials": 4, "cold_start_trials": 2},
+                              "warmup_epochs": 1,
+                              "heuristics": {"collapse": {"enabled": False}, "no_learning": {"enabled": False}}})
+    cfg["search_space"]["model.width"] = {"type": "categorical", "choices": [1, 8]}
+    (tmp_path / "runs").mkdir()
+    queued = optuna.create_study(study_name=cfg["name"], storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}",
+                                 direction="maximize")  # `hpsearch run` continues it, taking the queued trials first
+    for width in (8, 1, 8, 1):
+        queued.enqueue_trial({"training.optimizer.lr": 0.2, "objective.temperature": 0.2, "model.width": width})
+
     study = hpsearch.run_study(cfg)
     assert isinstance(study.pruner, CalibratedPruner)
-    assert len(study.trials) == 4
-    for trial in study.trials:
-        if trial.state == optuna.trial.TrialState.PRUNED:
-            assert trial.user_attrs["reason"].startswith("calibrated pruner")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"], states
+    pruned = study.trials[3]
+    # Pruned at the first rung (epoch 1), with the pruner's own reason, on the trial and its MLflow run.
+    assert pruned.user_attrs["epochs_trained"] == 1 and max(pruned.intermediate_values) == 1
+    assert pruned.user_attrs["reason"].startswith("calibrated pruner (cold start, 3 finished)")
+    assert "below the median" in pruned.user_attrs["reason"]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-
-    # The calibration table is kept on the parent run and printed by `hpsearch report`.
     client = mlflow_client(tmp_path / "runs")
+    run = client.get_run(pruned.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["hpsearch.reason"] == pruned.user_attrs["reason"]
+
+    # The calibration table is kept on the parent run and printed by `hpsearch report`; it rests on
+    # the complete trials only (a pruned trial has no final value to rank).
     parent = client.get_run(study.user_attrs["mlflow_study_run_id"])
     stored = client.download_artifacts(parent.info.run_id, "calibration/calibration.json", str(tmp_path))
     records = json.loads(open(stored).read())
@@ -180,7 +203,7 @@ def test_hpsearch_run_uses_the_calibrated_pruner_and_reports_its_calibration(tmp
     assert knn_at_1["n"] == len(complete) >= 3
     report = run_cli("report", "tiny", "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    assert f"{len(complete)} complete" in report.stdout
+    assert f"{len(complete)} complete, 1 pruned" in report.stdout
     assert "knn_accuracy" in report.stdout and "Spearman rho" in report.stdout
     missing = run_cli("report", "nope", "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
     assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr
