@@ -21,6 +21,7 @@ SCRIPTS = {  # script -> the start of the line that carries its figure
     "augment_throughput.py": "ratio hpsearch/torchvision:",
     "trial_throughput.py": "ratio hpsearch/plain:",
     "knn_cost.py": "ratio knn/epoch:",
+    "extrapolation_cost.py": "ratio forecast/budget:",
     "streaming_throughput.py": "ratio stream(2 workers)/memory:",
     "peak_memory.py": "| method |",
     "method_knn.py": "methods above the random-init kNN:",

