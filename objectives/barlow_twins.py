@@ -9,6 +9,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from objectives.heads import mlp
+from objectives.precision import float32_loss
 from objectives.registry import MethodConfig, SSLMethod, register
 
 
@@ -30,6 +31,7 @@ def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
     return standardise(z1).T @ standardise(z2) / len(z1)
 
 
+@float32_loss
 def barlow_twins_loss(z1: Tensor, z2: Tensor, off_diagonal_weight: float = 0.0051) -> Tensor:
     """sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2 (Zbontar et al. 2021, eq. 1); z1, z2: [N, D], N >= 2."""
     if z1.shape != z2.shape:

@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from objectives.heads import mlp
+from objectives.precision import float32_loss
 from objectives.momentum import cosine_momentum, ema_update, frozen_copy
 from objectives.registry import MethodConfig, SSLMethod, register
 
@@ -22,6 +23,7 @@ class BYOLConfig(MethodConfig):
         None, gt=0, description="predictor hidden width; null = model.projector.hidden_dim (the paper and solo-learn use equal widths, 4096)")
 
 
+@float32_loss
 def regression_loss(p: Tensor, z: Tensor) -> Tensor:
     """BYOL's normalised mean squared error, ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z) (Grill et al. 2020, eq. 2).
 

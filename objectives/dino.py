@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from hpsearch import augment
+from objectives.precision import float32_loss, float32_region
 from objectives.momentum import cosine_momentum, ema_update, frozen_copy
 from objectives.registry import MethodConfig, SSLMethod, register
 
@@ -35,32 +36,39 @@ class DINOConfig(MethodConfig):
         return value
 
 
+@float32_loss
 def teacher_distribution(logits: Tensor, center: Tensor, temperature: Tensor | float) -> Tensor:
     """Centre, then sharpen: softmax((logits - center) / temperature) over the K prototypes; logits [..., K]."""
     return F.softmax((logits - center) / temperature, dim=-1)
 
 
+@float32_loss
 def dino_loss(student_logits: Tensor, teacher_probs: Tensor, student_temperature: float) -> Tensor:
     """Cross-entropy H(P_t, P_s) averaged over every (teacher view, other student view) pair (Caron et al. 2021, eq. 3).
 
     student_logits: [V, N, K] head outputs of all V views (the G global ones first);
     teacher_probs: [G, N, K] the teacher's distributions for the global views. The pairs where
     student and teacher see the same view are left out. Returns the mean over the G*V - G pairs
-    and the N images.
+    and the N images. Runs in float32 under autocast (objectives.precision).
     """
     g, v, n = len(teacher_probs), len(student_logits), student_logits.shape[1]
     if v < 2 or not 1 <= g <= v:
         raise ValueError(f"expected 1 <= G <= V and V >= 2 views, but got {g=} and {v=}")
     log_p = F.log_softmax(student_logits / student_temperature, dim=-1)
     cross_entropy = -torch.einsum("gnk,vnk->gv", teacher_probs, log_p) / n  # [G, V], mean over images
-    other_view = ~torch.eye(g, v, dtype=torch.bool, device=log_p.device)
-    return cross_entropy[other_view].mean()
+    # The G*(V-1) pairs of different views, gathered by an index computed on the device: a boolean
+    # mask would call nonzero, a host sync every step. Row r keeps columns 0..V-1 except r, in the
+    # order the mask kept them, so the mean is bit for bit the masked one.
+    k = torch.arange(g * (v - 1), device=cross_entropy.device)
+    row, col = k // (v - 1), k % (v - 1)
+    return cross_entropy.flatten()[row * v + col + (col >= row).long()].mean()
 
 
 class DINOHead(nn.Module):
     """MLP (Linear-GELU x2, Linear to the bottleneck), L2 normalisation, then K prototypes whose
     weights are normalised on every forward (weight norm with its gain fixed at 1, the paper's
-    `norm_last_layer`)."""
+    `norm_last_layer`). The prototype logits are float32 under autocast: the loss divides them by
+    temperatures down to 0.04, where bf16's rounding (~0.4% of a logit) would be ~0.1 in the softmax."""
 
     def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int):
         super().__init__()
@@ -69,7 +77,9 @@ class DINOHead(nn.Module):
         self.prototypes = nn.Linear(bottleneck_dim, out_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(self.prototypes.weight, dim=1))
+        z = self.mlp(x)
+        with float32_region(z):
+            return F.linear(F.normalize(z.float(), dim=-1), F.normalize(self.prototypes.weight, dim=1))
 
 
 @register
@@ -116,7 +126,7 @@ class DINO(SSLMethod):
         student_logits = torch.cat(student).view(len(views), n, -1)
         with torch.no_grad():
             teacher_logits = self.teacher_head(self.teacher_backbone(torch.cat(views[:n_global])))
-            self._pending_center = teacher_logits.float().mean(dim=0)  # bf16 under autocast; the centre is fp32
+            self._pending_center = teacher_logits.mean(dim=0)  # float32 even under autocast (DINOHead)
             teacher_probs = teacher_distribution(teacher_logits, self.center, self.teacher_temperature)
         return dino_loss(student_logits, teacher_probs.view(n_global, n, -1), self.cfg.temperature)
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from objectives.precision import float32_loss, float32_region
 from objectives.momentum import cosine_momentum, ema_update, frozen_copy
 from objectives.registry import MethodConfig, SSLMethod, register
 
@@ -21,6 +22,7 @@ class MoCoConfig(MethodConfig):
     final_momentum: float = Field(0.999, gt=0, le=1, description="key-encoder momentum at the last step, along a cosine (solo-learn CIFAR: 0.999)")
 
 
+@float32_loss
 def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float, valid: Tensor | None = None) -> Tensor:
     """InfoNCE of each query against its key (the positive) and the queue (the negatives) (He et al. 2020, eq. 1).
 
@@ -77,9 +79,11 @@ class MoCo(SSLMethod):
         self._pending_keys: Tensor | None = None  # this step's keys, enqueued in on_step_end
 
     def training_loss(self, views: list[Tensor]) -> Tensor:
-        q1, q2 = (F.normalize(self.projector(self.backbone(v)), dim=1) for v in views)
+        z1, z2 = (self.projector(self.backbone(v)) for v in views)
         with torch.no_grad():
-            k1, k2 = (F.normalize(self.key_projector(self.key_backbone(v)), dim=1) for v in views)
+            y1, y2 = (self.key_projector(self.key_backbone(v)) for v in views)
+        with float32_region(z1):  # normalised in float32: the logits q.k / T are part of the loss
+            q1, q2, k1, k2 = (F.normalize(z.float(), dim=1) for z in (z1, z2, y1, y2))
         # Enqueueing here would modify `queue` in place while autograd still holds it for backward.
         self._pending_keys = torch.cat([k1, k2])
         t, queue, valid = self.temperature, self.queue, self.queue_valid

@@ -58,6 +58,13 @@ class SSLMethod(nn.Module):
         """The SSL loss of one batch given its (normalised) views."""
         raise NotImplementedError
 
+    def first_call_order(self, n: int, device: torch.device) -> Tensor | None:
+        """Which image of the batch each of the first `n` rows of training_loss's first backbone call
+        shows, as a [n] long tensor on `device`; None when row i is image i (the first view in batch
+        order, alone or first in a concatenation). What the online probe pairs with the labels: a
+        method that reorders its batch before the backbone says how here."""
+        return None
+
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimiser step (step counts from 1): momentum / EMA updates go here."""

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from objectives.heads import mlp
+from objectives.precision import float32_loss
 from objectives.registry import MethodConfig, SSLMethod, register
 
 
@@ -16,10 +17,17 @@ class RotationConfig(MethodConfig):
     method: Literal["rotation"] = "rotation"
 
 
+def rotation_order(n: int, device: torch.device) -> Tensor:
+    """The image of a batch of n that each row of `rotate_batch`'s output shows: 0, 4, 8, ..., then
+    1, 5, 9, ..., then 2, ... and 3, ... (on `device`, built there: no copy)."""
+    return torch.cat([torch.arange(k, n, 4, device=device) for k in range(4)])
+
+
 def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
     """Rotate image i of x: [N, C, H, H] by k_i * 90 degrees counter-clockwise, k_i = i % 4.
 
-    Returns (rotated [N, C, H, H], k [N] long), reordered as the images with k = 0, then 1, 2, 3.
+    Returns (rotated [N, C, H, H], k [N] long), reordered as the images with k = 0, then 1, 2, 3
+    (row r shows image rotation_order(N)[r]).
     training_loss receives no generator, so k comes from the position in the batch; the runner
     draws a fresh batch order every epoch, so each image still sees every rotation over training
     while every batch stays balanced across the 4 classes. Slices, not per-image ops: no sync.
@@ -31,6 +39,7 @@ def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(parts), labels
 
 
+@float32_loss
 def rotation_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy of the 4-way rotation classifier; logits [N, 4], labels [N] in 0..3."""
     return F.cross_entropy(logits, labels)
@@ -55,3 +64,6 @@ class Rotation(SSLMethod):
     def training_loss(self, views: list[Tensor]) -> Tensor:
         rotated, labels = rotate_batch(views[0])
         return rotation_loss(self.classifier(self.backbone(rotated)), labels)
+
+    def first_call_order(self, n: int, device: torch.device) -> Tensor:
+        return rotation_order(n, device)  # the backbone sees the batch grouped by rotation

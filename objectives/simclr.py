@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from objectives.heads import mlp
+from objectives.precision import float32_loss
 from objectives.registry import MethodConfig, SSLMethod, register
 
 
@@ -18,11 +19,13 @@ class SimCLRConfig(MethodConfig):
     temperature: float = Field(0.2, gt=0, description="NT-Xent softmax temperature (solo-learn CIFAR recipe: 0.2)")
 
 
+@float32_loss
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """Normalised-temperature cross entropy over a batch of positive pairs.
 
     z1, z2: [N, D] projections of two views; row i of z1 and row i of z2 are positives, every
-    other one of the 2N rows is a negative. Returns the mean loss over the 2N anchors.
+    other one of the 2N rows is a negative. Returns the mean loss over the 2N anchors. Runs in
+    float32 under autocast (objectives.precision).
     """
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     logits = z @ z.T / temperature
@@ -30,7 +33,8 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
     n = len(z1)
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    # Built on the device: a CPU index copied over would be a blocking host-to-device copy every step.
+    positives = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
     return F.cross_entropy(logits, positives)
 
 

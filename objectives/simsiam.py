@@ -9,6 +9,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from objectives.heads import mlp
+from objectives.precision import float32_loss
 from objectives.registry import MethodConfig, SSLMethod, register
 
 
@@ -18,6 +19,7 @@ class SimSiamConfig(MethodConfig):
         None, gt=0, description="predictor bottleneck width; null = model.projector.output_dim // 4 (the paper's 2048 -> 512)")
 
 
+@float32_loss
 def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     """D(p, stopgrad(z)) = -cos(p, z), averaged over the batch (Chen & He 2021, eqs. 1 and 3).
 

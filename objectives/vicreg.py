@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from objectives.heads import mlp
+from objectives.precision import float32_loss
 from objectives.registry import MethodConfig, SSLMethod, register
 
 
@@ -40,6 +41,7 @@ def covariance_loss(z: Tensor) -> Tensor:
     return off_diagonal.pow(2).sum() / d
 
 
+@float32_loss
 def vicreg_loss(z1: Tensor, z2: Tensor, invariance_weight: float = 25.0, variance_weight: float = 25.0,
                 covariance_weight: float = 1.0) -> Tensor:
     """The weighted sum of the three terms over z1, z2: [N, D], N >= 2.

@@ -1,5 +1,6 @@
 """Per-sample augmentation parameters: one random draw per image of a batch, on the CPU from a
-`torch.Generator` in a fixed order, so a seed fixes every view (`sample_params`)."""
+`torch.Generator` in a fixed order, so a seed fixes every view (`sample_params`), shipped to the
+images' device in one copy."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def sample_params(cfg, n: int, height: int, width: int, generator: torch.Generat
     """Draw one view's parameters for N images of size height x width.
 
     All randomness comes from `generator` (a CPU generator) in a fixed draw order, so a seed fixes
-    the views; tensors are then moved to `device`. Factors follow ColorJitter: uniform in
+    the views; they then reach `device` in one packed copy (`_to_device`). Factors follow ColorJitter: uniform in
     [max(0, 1 - b), 1 + b] for brightness/contrast/saturation, uniform in [-hue, hue] for hue.
     """
     g = generator
@@ -94,4 +95,29 @@ def sample_params(cfg, n: int, height: int, width: int, generator: torch.Generat
         blur_sigma=_uniform(g, n, *cfg.blur_sigma).float(),
         solarize=coin(cfg.solarize_p),
     )
-    return AugmentParams(**{k: v.to(device, non_blocking=True) for k, v in fields.items()})
+    return _to_device(fields, torch.device(device))
+
+
+# Rows of the packed buffer: crop_boxes takes 4 (its columns), every other field 1.
+_ROWS = {name: 4 if name == "crop_boxes" else 1 for name in AugmentParams.__dataclass_fields__}
+
+
+def _to_device(fields: dict[str, Tensor], device: torch.device) -> AugmentParams:
+    """The drawn parameters on `device`, from one float32 buffer [14, N] copied once.
+
+    Eleven small copies per view, each from pageable memory, are eleven blocking host-to-device
+    transfers on CUDA; one buffer in pinned memory is one asynchronous copy. Every value survives
+    the packing exactly (float32 fields, box coordinates that are small integers, bools as 0/1).
+    """
+    n = len(fields["flip"])
+    rows = [v.to(torch.float32).reshape(n, -1).T for v in fields.values()]
+    packed = torch.empty((sum(_ROWS.values()), n), dtype=torch.float32, pin_memory=device.type == "cuda")
+    torch.cat(rows, out=packed)
+    packed = packed.to(device, non_blocking=True)
+    params, row = {}, 0
+    for name, value in fields.items():
+        part = packed[row:row + _ROWS[name]]
+        row += _ROWS[name]
+        part = part.T if name == "crop_boxes" else part[0]  # [N, 4] (a view) or [N]
+        params[name] = part.to(value.dtype)  # bool <- 0/1: exact, and on the device
+    return AugmentParams(**params)

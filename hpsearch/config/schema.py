@@ -155,8 +155,10 @@ class TrainingConfig(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto = cuda if present")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 autocast applies on CUDA only (auto and bf16); the CPU always trains in fp32")
-    compile: bool = Field(False, description="torch.compile the backbone (pays off on long GPU runs)")
+        "auto", description="bf16 autocast on CUDA only; auto = bf16 where the GPU computes it natively (Ampere "
+                            "and newer), fp32 elsewhere; losses always in fp32; the CPU always trains in fp32")
+    compile: bool = Field(False, description="torch.compile the backbone on CUDA (pays off on long GPU runs); "
+                                             "ignored with a warning on the CPU, whose results stay bit-exact")
 
 
 class AugmentConfig(Section):

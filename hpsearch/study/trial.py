@@ -6,6 +6,8 @@ of the trial it replaces and appends to the same MLflow run, so each epoch is re
 
 from __future__ import annotations
 
+import gc
+import sys
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -78,8 +80,23 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         run.log_text(traceback.format_exc(), "traceback.txt")
         run.finish("FAIL", reason=reason)
         raise
+    finally:
+        _release(sys.exception())
     run.finish("COMPLETE")
     return value
+
+
+def _release(err: BaseException | None) -> None:
+    """Free what the trial held before the next one starts. A trial that raised (failed, pruned,
+    interrupted) is held by its traceback: its frames keep the model, optimiser and views, and
+    Optuna keeps the exception in a reference cycle that only a full collection breaks, so on a
+    GPU the next trial could run out of memory. Clearing the finished frames lets reference
+    counting free them now; the collection and the cache release return the memory to the GPU."""
+    if err is not None:
+        traceback.clear_frames(err.__traceback__)
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _open_run(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, searched: list[str]) -> TrialRun:
@@ -144,7 +161,9 @@ class _Saved:
 def _resume(trial: optuna.Trial, run: TrialRun, saved: _Saved, ctx: TrialContext) -> list[dict]:
     """Continue from the newest checkpoint, if any (a retry, or a trial interrupted before): load the
     training state, record what the dead worker had not, and return the history so far."""
-    state = checkpoint.load_latest(saved.directory, map_location=ctx.device)
+    # On the CPU whatever the training device: the RNG states must stay CPU byte tensors (set_state
+    # refuses others), and load_state_dict moves the weights to where the model lives.
+    state = checkpoint.load_latest(saved.directory, map_location="cpu")
     if state is None:
         return []
     session = saved.session
@@ -215,8 +234,12 @@ def _stop(trial: optuna.Trial, epoch: int, reason: str):
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
-    """CUDA OOM, or an allocation failure on the CPU (torch raises RuntimeError, Python MemoryError)."""
+    """CUDA OOM, cuBLAS / cuDNN failing to allocate their workspace (the first matmul or convolution
+    after the caching allocator took the GPU's memory), or an allocation failure on the CPU (torch
+    raises RuntimeError, Python MemoryError)."""
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return True
     text = str(err)
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(err, RuntimeError) and any(
+        sign in text for sign in ("out of memory", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                                  "CUDNN_STATUS_ALLOC_FAILED"))

@@ -49,8 +49,12 @@ def save(directory: Path, epoch: int, step: int, state: dict[str, Any]) -> Path:
     return target
 
 
-def load_latest(directory: Path, map_location=None) -> dict[str, Any] | None:
-    """The newest checkpoint that passes its checksum (warning about any skipped), or None."""
+def load_latest(directory: Path, map_location="cpu") -> dict[str, Any] | None:
+    """The newest checkpoint that passes its checksum (warning about any skipped), or None.
+
+    On the CPU by default, whatever device trained it: the RNG states in it must be CPU byte
+    tensors to be restored, and `load_state_dict` moves weights to wherever the model lives.
+    """
     for path in _newest_first(directory):
         try:
             return _load(path, map_location)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +44,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_bf16_autocast(device: torch.device, precision: str) -> bool:
+    """Whether training on `device` runs under bf16 autocast (`training.precision`).
+
+    Only on CUDA (the CPU always trains in float32, bit-exact for a seed). `bf16` asks for it;
+    `auto` takes it only where the GPU computes bf16 natively (compute capability 8.0, Ampere, and
+    newer): `is_bf16_supported()` also says yes on older GPUs (T4, V100) that merely emulate it,
+    where bf16 convolutions fall back to slow kernels, so `auto` trains those in float32.
+    """
+    if device.type != "cuda" or precision == "fp32":
+        return False
+    return precision == "bf16" or torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 @dataclass
 class EpochStats:
     epoch: int
@@ -68,11 +83,16 @@ class Pretraining:
         self.method = method_cls(backbone, feature_dim, cfg.objective, cfg.model.projector).to(device)
         # GPU speed features; on the CPU none of them applies, so CPU results stay bit-exact.
         on_cuda = device.type == "cuda"
-        self.autocast = on_cuda and cfg.training.precision in ("auto", "bf16")
+        self.autocast = use_bf16_autocast(device, cfg.training.precision)
         self.memory_format = torch.channels_last if on_cuda else torch.contiguous_format
         self.method.to(memory_format=self.memory_format)
-        if cfg.training.compile:
+        if cfg.training.compile and on_cuda:
             self.method.backbone.compile()
+        elif cfg.training.compile:
+            # Inductor's CPU kernels sum in another order (measured: loss 4.888 vs 4.889, kNN 0.765 vs
+            # 0.760), which would void "the same seed gives the same results on the CPU".
+            warnings.warn("training.compile applies on CUDA only: training on the CPU without torch.compile",
+                          stacklevel=2)
         n_images = len(splits.pretrain)
         # A batch never exceeds the data, and the last partial batch is dropped: contrastive
         # losses degrade on a tiny batch and every step should cost the same.
@@ -85,8 +105,12 @@ class Pretraining:
         self.epoch = 0  # completed epochs
         self._order: Tensor | None = None  # the running epoch's shuffle; None between epochs
         labels = splits.pretrain_labels
-        self.online_probe = (OnlineProbe(self.method.backbone, feature_dim, splits.num_classes, device)
+        self.online_probe = (OnlineProbe.of(self.method, splits.num_classes, device)
                              if labels is not None and bool((labels >= 0).any()) else None)
+        # The probe's labels and the epoch's order live on the training device, so that each step
+        # slices its labels there: a CPU index copied over would be a blocking copy every step.
+        self._labels = labels.to(device) if self.online_probe is not None else None
+        self._order_on_device: Tensor | None = None
 
     def train_epoch(self, stop: StopCheck | None = None) -> EpochStats:
         """Train to the end of the current epoch; raises Diverged on a non-finite loss.
@@ -96,28 +120,11 @@ class Pretraining:
         """
         start = time.perf_counter()
         self.method.train()
-        if self._order is None:  # a new epoch (else: resuming one that was interrupted)
-            self._order = torch.randperm(len(self.splits.pretrain), generator=self.generator)
-            self._position, self._loss_sum, self._elapsed = 0, torch.zeros(()), 0.0
-            self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        self._begin_epoch()
         loss_sum = self._loss_sum.to(self.device)  # summed on device: no host sync per step
-        size = self.cfg.data.image_size
         # In memory or streamed from the files (data.stream): the same batches, from the same position.
         for images in pretrain_batches(self.splits.pretrain, self._order, self._position, self.batch_size):
-            images = images.to(self.device, non_blocking=True)  # already there unless the splits were not moved
-            views = self.method.make_views(images, self.cfg.augment, size, self.generator)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                views = augment.normalise(views, self.splits.mean, self.splits.std, self.memory_format)
-                loss = self.method.training_loss(views).float()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            self.method.on_step_end(self.scheduler.last_epoch, self.total_steps)
-            if self.online_probe is not None:
-                batch = self._order[self._position * self.batch_size:(self._position + 1) * self.batch_size]
-                self.online_probe.step(self.splits.pretrain_labels[batch.to(self.splits.pretrain_labels.device)].to(self.device))
-            loss_sum += loss.detach()
+            loss_sum += self.train_step(images)
             self._position += 1
             if stop is not None and stop.requested:
                 self._loss_sum, self._elapsed = loss_sum.cpu(), self._elapsed + time.perf_counter() - start
@@ -129,6 +136,35 @@ class Pretraining:
             raise Diverged(f"SSL loss is {mean_loss} at epoch {self.epoch}")
         online = self.online_probe.epoch_accuracy() if self.online_probe is not None else None
         return EpochStats(self.epoch, mean_loss, self._epoch_lr, self._elapsed + time.perf_counter() - start, online)
+
+    def _begin_epoch(self) -> None:
+        """Draw a new epoch's order, unless resuming one that was interrupted; put it on the device."""
+        if self._order is None:
+            self._order = torch.randperm(len(self.splits.pretrain), generator=self.generator)
+            self._position, self._loss_sum, self._elapsed = 0, torch.zeros(()), 0.0
+            self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        if self.online_probe is not None:  # one copy per epoch; the CPU order stays for checkpoints
+            self._order_on_device = self._order.to(self.device)
+
+    def train_step(self, images: Tensor) -> Tensor:
+        """One optimiser step on the batch at the epoch's current position; returns its loss,
+        detached, on the device. Nothing here reads a value back to the host (a GPU never waits;
+        tests/training/test_host_sync.py)."""
+        images = images.to(self.device, non_blocking=True)  # already there unless the splits were not moved
+        views = self.method.make_views(images, self.cfg.augment, self.cfg.data.image_size, self.generator)
+        mixed = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+        with mixed:
+            views = augment.normalise(views, self.splits.mean, self.splits.std, self.memory_format)
+            loss = self.method.training_loss(views).float()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.method.on_step_end(self.scheduler.last_epoch, self.total_steps)
+        if self.online_probe is not None:
+            rows = self._order_on_device[self._position * self.batch_size:(self._position + 1) * self.batch_size]
+            self.online_probe.step(self._labels[rows])
+        return loss.detach()
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit for bit: weights (targets, queues and centres are
@@ -164,11 +200,24 @@ class Pretraining:
         random.setstate(state["python_rng"])
         _set_numpy_rng_state(state["numpy_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            _restore_cuda_rng(state["cuda_rng"])
         mid = state.get("mid_epoch")
         if mid is not None:
             self._order, self._position, self._loss_sum = mid["order"], mid["position"], mid["loss_sum"]
             self._elapsed, self._epoch_lr = mid["elapsed"], mid["lr"]
+
+
+def _restore_cuda_rng(states: list[Tensor]) -> None:
+    """Each visible GPU's generator from the state saved for the GPU of the same index.
+
+    A checkpoint written where more GPUs were visible (another machine, CUDA_VISIBLE_DEVICES, a
+    retry on a smaller node) restores the GPUs that exist: `set_rng_state_all` would raise
+    IndexError at the first missing one and fail the resumed trial. Nothing in training draws
+    from a CUDA generator today (augmentation and shuffling use the CPU generator), so the states
+    are kept only for code that may.
+    """
+    for index, state in enumerate(states[:torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(state, index)
 
 
 def _numpy_rng_state() -> tuple:

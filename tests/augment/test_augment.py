@@ -237,6 +237,25 @@ def test_params_shapes_and_device():
     assert (p.hue.abs() <= 0.2).all() and (p.brightness >= 0.6).all() and (p.brightness <= 1.4).all()
 
 
+def test_params_reach_the_device_in_one_copy_with_every_value_intact():
+    # Issue 14, item 3: eleven small pageable copies per view were eleven blocking transfers on
+    # CUDA. On `meta` (a device without data, standing in for the GPU) every copy still dispatches.
+    from tests.training.sync_guard import HostSyncGuard
+
+    with HostSyncGuard() as guard:
+        sample_params(ALL_ON, 7, 32, 32, torch.Generator().manual_seed(0), torch.device("meta"))
+    assert len(guard.uploads) == 1, guard.uploads
+    # The packing keeps every value and dtype: the same draws as unpacked, field by field.
+    packed = sample_params(ALL_ON, 7, 32, 32, torch.Generator().manual_seed(0), "cpu")
+    g = torch.Generator().manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:  # the draws without packing, to compare with
+        patch.setattr("hpsearch.augment.params._to_device", lambda fields, device: AugmentParams(**fields))
+        plain = sample_params(ALL_ON, 7, 32, 32, g, "cpu")
+    for name in AugmentParams.__dataclass_fields__:
+        a, b = getattr(packed, name), getattr(plain, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
 def test_blur_kernel_size_is_odd_and_capped():
     assert blur_kernel_size(2.0, 224) == 13
     assert blur_kernel_size(2.0, 8) == 7 and blur_kernel_size(2.0, 9) == 9
@@ -250,11 +269,16 @@ def test_gpu_matches_cpu_without_host_sync():
     expected = apply(x, p, 24)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # TF32 matmuls would cost crop precision (~1e-3)
+    # Copied before the check: a blocking host-to-device copy is itself a sync (in training the
+    # images are on the device already). One warm-up call initialises the pinned-memory pool.
+    x_gpu = x.cuda()
+    sample_params(ALL_ON, len(x), 32, 32, torch.Generator().manual_seed(0), "cuda")
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any host-device sync raises
     try:
-        views = random_views(x.cuda(), ALL_ON, 24, torch.Generator().manual_seed(0))
+        views = random_views(x_gpu, ALL_ON, 24, torch.Generator().manual_seed(0))
         p_gpu = sample_params(ALL_ON, len(x), 32, 32, torch.Generator().manual_seed(0), "cuda")
-        out = apply(x.cuda(), p_gpu, 24)
+        out = apply(x_gpu, p_gpu, 24)
     finally:
         torch.cuda.set_sync_debug_mode("default")
         torch.backends.cuda.matmul.allow_tf32 = tf32
