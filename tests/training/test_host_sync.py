@@ -23,6 +23,8 @@ from tests.training.sync_guard import HostSync, HostSyncGuard
 # Where the one intended upload per view comes from: the augmentation parameters, drawn on the CPU
 # from the trial's seeded generator and shipped in one packed buffer.
 AUGMENT_UPLOAD = "augment/params.py"
+# Every augmentation op switched on (the defaults skip blur and solarisation): each is checked.
+EVERY_OP = {"blur_p": 0.5, "solarize_p": 0.2, "grayscale_p": 0.2, "jitter_p": 0.8, "flip_p": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def splits(tmp_path_factory):
 def session(tmp_path, splits, name: str, device: torch.device) -> Pretraining:
     """A trial's pretraining of method `name` on `device`, its images there (as the runner puts them)."""
     cfg = StudyConfig.model_validate(tiny_study(
-        tmp_path, objective={"method": name},
+        tmp_path, objective={"method": name}, augment=EVERY_OP,
         search_space={"training.optimizer.lr": {"type": "float", "low": 0.05, "high": 0.5}}))
     on_device = dataclasses.replace(splits, pretrain=splits.pretrain.to(device), mean=splits.mean.to(device),
                                     std=splits.std.to(device))
