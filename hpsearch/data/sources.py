@@ -43,6 +43,10 @@ class Source:
         """A streaming source's image files of one split, in `read` order, and their labels."""
         raise NotImplementedError
 
+    def class_names(self, root: Path | None) -> tuple[str, ...] | None:
+        """The names of the classes by label index, when the source has them (None: use the index)."""
+        return None
+
 
 class Digits(Source):
     """scikit-learn's 1,797 8x8 handwritten digit scans (16 grey levels), upsampled to image_size."""
@@ -145,6 +149,9 @@ class ImageFolder(Source):
 
     def files(self, root, split):
         return self._list(root, split)
+
+    def class_names(self, root):
+        return tuple(self._classes(root))
 
     def _classes(self, root: Path) -> list[str]:
         if not root.is_dir():

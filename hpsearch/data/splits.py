@@ -33,6 +33,7 @@ class Splits:
     # [N] int64: the label of each pretraining image that is in the probe split, -1 for every other
     # (so the online linear probe learns from the study's label budget only).
     pretrain_labels: Tensor | None = None
+    class_names: tuple[str, ...] | None = None  # label index -> name, when the source names its classes
 
     @property
     def channels(self) -> int:
@@ -49,7 +50,7 @@ class Splits:
         return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
 
     def to(self, device) -> "Splits":
-        return Splits(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
+        return Splits(**{k: v.to(device) if hasattr(v, "to") else v for k, v in vars(self).items()})
 
 
 def pretrain_batches(pretrain: Tensor | StreamedImages, order: Tensor, start: int, batch_size: int) -> Iterator[Tensor]:
@@ -236,9 +237,11 @@ def load_splits(data_cfg) -> Splits:
     _check_sizes(source, len(train[1]), len(test[1]), eval_size, probe_size)
     unlabeled = [load_split(name, root, split, size, **where)[0] for split in source.pretrain_only_splits(root)]
     n_test = len(test[1]) if eval_size is None else eval_size
-    return make_train_test_splits(train, test, unlabeled, probe_size=probe_size,
-                                  val_size=val_size(data_cfg, len(train[1]), n_test), test_size=eval_size,
-                                  pretrain_size=data_cfg.pretrain_size, seed=data_cfg.split_seed)
+    splits = make_train_test_splits(train, test, unlabeled, probe_size=probe_size,
+                                    val_size=val_size(data_cfg, len(train[1]), n_test), test_size=eval_size,
+                                    pretrain_size=data_cfg.pretrain_size, seed=data_cfg.split_seed)
+    splits.class_names = source.class_names(root)
+    return splits
 
 
 def _streamed_splits(data_cfg, name: str, root: Path, listed: dict[str, tuple[list[str], list[int]]],
@@ -287,4 +290,4 @@ def _streamed_splits(data_cfg, name: str, root: Path, listed: dict[str, tuple[li
         decoded[f"{split_name}_labels"] = labels
     mean, std = _mean_std(stats["counts"])
     return Splits(pretrain=StreamedImages(pretrain_files, size, channels, data_cfg.workers), **decoded,
-                  mean=mean, std=std, pretrain_labels=pool_labels)
+                  mean=mean, std=std, pretrain_labels=pool_labels, class_names=source.class_names(root))

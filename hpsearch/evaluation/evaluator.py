@@ -33,6 +33,11 @@ class FinalMetric:
 
     name: str  # evaluation.final_metric
     scores: ClassAccuracy
+    class_names: tuple[str, ...] | None = None  # label index -> name (an ImageFolder's folders)
+
+    def class_name(self, label: int) -> str | int:
+        """Class `label`'s name when the data names its classes, else the index itself."""
+        return self.class_names[label] if self.class_names else label
 
     @property
     def accuracy(self) -> float:
@@ -40,10 +45,11 @@ class FinalMetric:
 
     def metrics(self) -> dict[str, float]:
         """For MLflow: the overall accuracy under FINAL_METRIC_KEYS, `worst_class_accuracy` and
-        `class_accuracy/<class index>` for each class of the split measured."""
+        `class_accuracy/<class>` for each class of the split measured (by name when the data names
+        its classes, as an ImageFolder does; else by index)."""
         return {FINAL_METRIC_KEYS[self.name]: self.scores.accuracy,
                 "worst_class_accuracy": self.scores.worst_accuracy,
-                **{f"class_accuracy/{c}": a for c, a in self.scores.per_class.items()}}
+                **{f"class_accuracy/{self.class_name(c)}": a for c, a in self.scores.per_class.items()}}
 
 
 class Evaluator:
@@ -124,7 +130,8 @@ class Evaluator:
         predict = {"linear_probe": self._linear_probe_predictions, "knn": self._knn_predictions,
                    "finetune": self._finetune_predictions}[name]
         images, labels = self.splits.split(split)
-        return FinalMetric(name, class_accuracy(predict(backbone, images), labels, self.splits.num_classes))
+        return FinalMetric(name, class_accuracy(predict(backbone, images), labels, self.splits.num_classes),
+                           self.splits.class_names)
 
     def _linear_probe_predictions(self, backbone: nn.Module, images: Tensor) -> Tensor:
         probe = self.cfg.evaluation.linear_probe

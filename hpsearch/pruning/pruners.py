@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import optuna
 
 from hpsearch.pruning.calibrated import CalibratedPruner
@@ -51,3 +52,25 @@ def _construct(cls, args: dict):
         return cls(**args)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{cls.__name__}: {err}") from None
+
+
+def explain(pruner: optuna.pruners.BasePruner, study: optuna.Study, reported: dict[int, float],
+            proxy: str = "kNN") -> str | None:
+    """Why `pruner` stopped a trial that reported `reported` ({step: value}) at its last step, with
+    the figure it compared against, for the pruners whose rule is a bar over the complete trials
+    (median, percentile); None for the others."""
+    if not isinstance(pruner, optuna.pruners.PercentilePruner) or not reported:
+        return None
+    step = max(reported)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    values = [t.intermediate_values[step] for t in complete if step in t.intermediate_values]
+    if not values:
+        return None
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    # Optuna compares the trial's best report so far with this percentile of the complete trials'.
+    percentile = pruner._percentile
+    bar = float(np.nanpercentile(np.array(values, dtype=float), 100 - percentile if maximize else percentile))
+    best = (max if maximize else min)(reported.values())
+    name = "median" if isinstance(pruner, optuna.pruners.MedianPruner) else f"{percentile:g}th-percentile"
+    return (f"{name} pruner: best {proxy} {best:.4f} by epoch {step}, {'below' if maximize else 'above'} the {name} "
+            f"{bar:.4f} of {len(values)} complete trials at epoch {step}")

@@ -8,7 +8,8 @@ from typing import TextIO
 import optuna
 
 from hpsearch.study.on_test import RANDOM_INIT, results_on_test
-from hpsearch.study.retry import FINISHED, finished_trials
+from hpsearch.study.owner import OWNER_ATTR
+from hpsearch.study.retry import FINISHED, configuration_number, finished_trials
 
 
 
@@ -57,7 +58,7 @@ class Console:
         # A pruned trial's `value` is Optuna's copy of its last proxy report: show why it stopped instead.
         value = f"linear probe {trial.value:.4f}" if complete else trial.user_attrs.get("reason", "")
         epochs = trial.user_attrs.get("epochs_trained", "?")
-        self.line(f"trial {trial.number:>3}  {trial.state.name:<8}  {value}  ({epochs} epochs)  |  {self.status}")
+        self.line(f"trial {_identity(trial):>3}  {trial.state.name:<8}  {value}  ({epochs} epochs)  |  {self.status}")
 
     def summary(self, study: optuna.Study, ui_hint: str) -> None:
         """The final table: every finished trial with its validation value (the one the study chose
@@ -67,7 +68,7 @@ class Console:
         test_of = {number: measured["value"] for number, measured in tested.items()}
         names = sorted({name for t in trials for name in t.params})
         header = ["#", "state", "val", *(["test"] if len(tested) > (RANDOM_INIT in tested) else []), "epochs", *names]
-        rows = [[str(t.number), t.state.name, f"{t.value:.4f}" if t.state.name == "COMPLETE" else "",
+        rows = [[_identity(t), t.state.name, f"{t.value:.4f}" if t.state.name == "COMPLETE" else "",
                  *([_fmt(test_of.get(str(t.number), ""))] if "test" in header else []),
                  str(t.user_attrs.get("epochs_trained", "")), *[_fmt(t.params.get(n, "")) for n in names]]
                 for t in trials]
@@ -78,10 +79,14 @@ class Console:
         top = best(study)
         if top is not None:
             on_test = test_of.get(str(top.number))
-            self.line(f"\nbest trial {top.number}: validation linear-probe accuracy {top.value:.4f}"
+            self.line(f"\nbest trial {_identity(top)}: validation linear-probe accuracy {top.value:.4f}"
                       + (f", test {on_test:.4f}" if on_test is not None else ""))
             for name, value in top.params.items():
                 self.line(f"  {name}: {_fmt(value)}")
+        elsewhere = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for trial in elsewhere:  # alive: this process's dead ones were retried before the summary
+            owner = trial.user_attrs.get(OWNER_ATTR, {})
+            self.line(f"still running: trial {_identity(trial)} on {owner.get('host', '?')} (pid {owner.get('pid', '?')})")
         baseline = study.user_attrs.get("random_init_linear_probe")
         if baseline is not None:
             on_test = test_of.get(RANDOM_INIT)
@@ -96,3 +101,9 @@ class Console:
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _identity(trial: optuna.trial.FrozenTrial) -> str:
+    """A configuration's number, with the Optuna trial that continued it when that differs."""
+    first = configuration_number(trial)
+    return str(first) if first == trial.number else f"{first} (as #{trial.number})"

@@ -11,7 +11,11 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.study.owner import OWNER_ATTR, died_here
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# What a retry does not take over from the trial it replaces: how and where that one ended.
+NOT_INHERITED = ("interrupted", "reason", OWNER_ATTR)
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int, count_as_retry: bool) -> bool:
@@ -24,7 +28,8 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int, count_
         state=TrialState.WAITING,
         params=trial.params,
         distributions=trial.distributions,
-        user_attrs={**trial.user_attrs, "retry_of": trial.number, "retries": retries},
+        user_attrs={**{k: v for k, v in trial.user_attrs.items() if k not in NOT_INHERITED},
+                    "retry_of": trial.number, "retries": retries},
         intermediate_values=trial.intermediate_values,
     ))
     return True
@@ -41,3 +46,30 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 def replaced_numbers(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of the trials that a retry has taken over."""
     return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+
+
+def fail_dead_here(study: optuna.Study, on_dead) -> list[FrozenTrial]:
+    """Mark FAIL every RUNNING trial whose process died on this host (killed, crashed), at once, and
+    hand each to `on_dead(study, trial)` (which queues its retry), as Optuna's heartbeat does after
+    its grace period for trials of other hosts. Only one process wins the change of state, so two
+    that look at once never both retry a trial. Returns the trials failed."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not died_here(trial.user_attrs.get(OWNER_ATTR)):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another process got there first
+            continue
+        frozen = study._storage.get_trial(trial._trial_id)
+        on_dead(study, frozen)
+        failed.append(frozen)
+    return failed
+
+
+def configuration_number(trial: FrozenTrial) -> int:
+    """The number a configuration is known by everywhere (console, MLflow run `trial-<N>`, checkpoint
+    directory): its first trial's, which every retry of it keeps."""
+    key = trial.user_attrs.get("checkpoint_key", "")
+    return int(key.removeprefix("trial-")) if key.startswith("trial-") else trial.number

@@ -4,12 +4,14 @@ run trials until the study holds `n_trials` finished trials (counted across rest
 from __future__ import annotations
 
 import fcntl
+import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from hpsearch.config.schema import StudyConfig
 from hpsearch.data import load_splits
@@ -18,9 +20,10 @@ from hpsearch.pruning.calibration import calibration_json, calibration_records, 
 from hpsearch.study.console import Console, best, counts
 from hpsearch.study.interrupt import Interrupted, StopRequest
 from hpsearch.study.on_test import measure_on_test
-from hpsearch.study.retry import finished_trials, replaced_numbers, requeue
+from hpsearch.study.owner import OWNER_ATTR, is_this_process
+from hpsearch.study.retry import fail_dead_here, finished_trials, replaced_numbers, requeue
 from hpsearch.study.storage import connect, open_study
-from hpsearch.study.stored_config import check_unchanged, store_config, without_secrets
+from hpsearch.study.stored_config import check_unchanged, config_yaml, store_config, without_secrets
 from hpsearch.study.studyfile import StudyFileError, load_study
 from hpsearch.study.trial import TrialContext, run_trial
 from hpsearch.tracking.tracker import Tracker
@@ -78,10 +81,10 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
         study.set_user_attr("mlflow_study_run_id", study_run_id)
     if text is not None:
         tracker.log_text(study_run_id, without_secrets(text, cfg), f"study/{Path(str(source)).name}")
-    tracker.log_text(study_run_id, study.user_attrs["hpsearch_config_yaml"], "study/resolved_config.yaml")
+    tracker.log_text(study_run_id, config_yaml(study), "study/resolved_config.yaml")
     optuna.storages.fail_stale_trials(study)  # queue retries of dead trials before counting
-
     console = console or Console(cfg.n_trials, cfg.training.epochs)
+    _retry_dead_here(study, on_stale, console)
     done = len(finished_trials(study))
     console.line(f"study {cfg.name!r}: {done}/{cfg.n_trials} trials finished, training on {device}")
     console.line(f"  optuna storage {mask(storage_url)}, MLflow {mask(tracking_uri)}")
@@ -94,22 +97,29 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
         if top is not None:
             metrics["best_linear_probe_accuracy"] = top.value
         tracker.log_metrics(study_run_id, metrics, step=sum(n.values()))
-        if trial.state == optuna.trial.TrialState.COMPLETE:
+        if trial.state == TrialState.COMPLETE:
             _log_calibration(tracker, study_run_id, study)
         _prune_checkpoints(study, checkpoint_root, cfg.recovery.keep_best)
         console.trial_finished(study, trial)
-        if sum(n.values()) >= cfg.n_trials:
-            study.stop()  # counted over the whole study, so several workers stop together
+        # Counted over the whole study, so several workers stop together; a queued retry still runs,
+        # so that no started configuration is left behind.
+        if sum(n.values()) >= cfg.n_trials and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.stop()
 
     stop = StopRequest()
     ctx = TrialContext(cfg, splits, device, tracker, study_run_id, checkpoint_root, stop, console.epoch, console.line,
                        random_init_knn=study.user_attrs["random_init_knn"])
     status = "FAILED"
     try:
-        with stop:
-            if done < cfg.n_trials:
+        with stop, _quiet_interrupts(stop):
+            # Until the total is reached and no trial of a process that died on this host is left
+            # RUNNING (its retry runs first: Optuna takes queued trials before sampling).
+            while done < cfg.n_trials or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 study.optimize(lambda trial: run_trial(trial, ctx), callbacks=[after_trial],
                                catch=(Exception,))  # a failing trial is recorded as FAIL; the study goes on
+                if not _retry_dead_here(study, on_stale, console):
+                    break
+                done = len(finished_trials(study))
         status = "FINISHED"
         if cfg.evaluation.test_top_k:
             console.line(f"measuring the best {cfg.evaluation.test_top_k} trial(s) on the test split "
@@ -137,18 +147,55 @@ def _locked(path: Path):
 
 
 def _requeue_interrupted(study: optuna.Study, cfg: StudyConfig) -> None:
-    """The trial stopped by SIGINT/SIGTERM (Optuna marked it FAIL) continues on the next run."""
+    """The trial this process was running when SIGINT/SIGTERM stopped it (Optuna marked it FAIL)
+    continues on the next run. Only this process's: workers stopped together each queue their own,
+    so no trial gets two retries writing one checkpoint directory and one MLflow run."""
     replaced = replaced_numbers(study.get_trials(deepcopy=False))
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        if trial.user_attrs.get("interrupted") and trial.number not in replaced:
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if (trial.user_attrs.get("interrupted") and trial.number not in replaced
+                and is_this_process(trial.user_attrs.get(OWNER_ATTR))):
             requeue(study, trial, max_retries=cfg.recovery.max_retries, count_as_retry=False)
 
 
+def _retry_dead_here(study: optuna.Study, on_stale, console: Console) -> list:
+    """Fail and retry the RUNNING trials whose process died on this host (see retry.fail_dead_here)."""
+    dead = fail_dead_here(study, on_stale)
+    for trial in dead:
+        owner = trial.user_attrs.get(OWNER_ATTR, {})
+        console.line(f"trial {trial.number}: its process {owner.get('pid')} died on this host; "
+                     "it continues from its last checkpoint")
+    return dead
+
+
+@contextmanager
+def _quiet_interrupts(stop: StopRequest):
+    """Optuna logs a trial stopped by SIGINT/SIGTERM as failed, with a traceback; hpsearch says what
+    happened in one line instead, so Optuna's records are dropped once a stop was requested
+    (until then its warnings show as usual)."""
+    def keep(record) -> bool:
+        return not (stop.requested or (record.exc_info and isinstance(record.exc_info[1], Interrupted)))
+
+    logger = logging.getLogger("optuna")
+    logger.addFilter(keep)
+    for handler in logger.handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+        for handler in logger.handlers:
+            handler.removeFilter(keep)
+
+
 def _prune_checkpoints(study: optuna.Study, root: Path, keep_best: int) -> None:
-    """Bound disk use: finished trials keep their checkpoints only when among the best `keep_best`."""
+    """Bound disk use: finished trials keep their checkpoints only when among the best `keep_best`.
+    A failed trial that may still be retried (interrupted, or its worker died) keeps its own, even
+    when its retry is not queued yet: another worker may be about to queue it."""
     finished = finished_trials(study)
-    complete = sorted((t for t in finished if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: -t.value)
+    complete = sorted((t for t in finished if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     keep = {t.user_attrs.get("checkpoint_key") for t in complete[:keep_best]}
+    keep |= {t.user_attrs.get("checkpoint_key") for t in finished  # finished: retried ones are left out
+             if t.state == TrialState.FAIL and (t.user_attrs.get("interrupted") or "reason" not in t.user_attrs)}
     for trial in finished:
         key = trial.user_attrs.get("checkpoint_key")
         if key is not None and key not in keep:

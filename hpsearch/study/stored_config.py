@@ -30,8 +30,12 @@ def store_config(study: optuna.Study, cfg: StudyConfig) -> None:
     tree = cfg.model_dump(mode="json")
     tree["storage"] = cfg.storage and mask(cfg.storage)
     tree["tracking"]["uri"] = cfg.tracking.uri and mask(cfg.tracking.uri)
-    study.set_user_attr(CONFIG_ATTR, tree)
-    study.set_user_attr("hpsearch_config_yaml", _yaml(tree))
+    study.set_user_attr(CONFIG_ATTR, tree)  # once: the YAML the parent run keeps is made from it (config_yaml)
+
+
+def config_yaml(study: optuna.Study) -> str:
+    """The stored config as YAML, for the study's MLflow parent run."""
+    return _yaml(stored_config(study))
 
 
 def without_secrets(text: str, cfg: StudyConfig) -> str:

@@ -22,7 +22,9 @@ from hpsearch.data import Splits
 from hpsearch.evaluation import Evaluator
 from hpsearch.pruning.calibration import HISTORY_ATTR
 from hpsearch.pruning.heuristics import first_reason, rules_for
+from hpsearch.pruning.pruners import explain
 from hpsearch.study.interrupt import Interrupted, StopRequest
+from hpsearch.study.owner import OWNER_ATTR, this_worker
 from hpsearch.study.space import sample, with_values
 from hpsearch.tracking.tracker import Tracker, TrialRun, flatten
 from hpsearch.training import checkpoint
@@ -62,9 +64,10 @@ class TrialContext:
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     """The Optuna objective. Ends the trial's MLflow run with the state Optuna will record."""
+    trial.set_user_attr(OWNER_ATTR, this_worker())  # a process that dies here is known stale at once
     values = sample(trial, ctx.cfg.search_space)
     cfg = with_values(ctx.cfg, values)
-    run = _open_run(trial, cfg, ctx, searched=list(values))
+    run = _open_run(trial, cfg, ctx, sampled=values)
     try:
         value = _train_and_evaluate(trial, cfg, ctx, run)
     except optuna.TrialPruned as pruned:
@@ -99,12 +102,14 @@ def _release(err: BaseException | None) -> None:
         torch.cuda.empty_cache()
 
 
-def _open_run(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, searched: list[str]) -> TrialRun:
-    """A retry continues the MLflow run of the trial it replaces; a new trial starts one."""
+def _open_run(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, sampled: dict) -> TrialRun:
+    """A retry continues the MLflow run of the trial it replaces; a new trial starts one. Each
+    sampled value is a param of its own, named as in the search space (`augment.crop_scale.0`),
+    besides the flattened config, so that MLflow's parallel coordinates get a numeric axis."""
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id is not None:
         return ctx.tracker.continue_trial_run(run_id, trial.number)
-    run = ctx.tracker.trial_run(ctx.study_run_id, trial.number, trial_params(cfg), searched)
+    run = ctx.tracker.trial_run(ctx.study_run_id, trial.number, {**trial_params(cfg), **sampled}, list(sampled))
     trial.set_user_attr("mlflow_run_id", run.run_id)
     trial.set_user_attr("checkpoint_key", f"trial-{trial.number}")
     trial.set_user_attr("seed", trial_seed(cfg.seed, trial.number))
@@ -117,7 +122,7 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
     session = Pretraining(cfg, ctx.splits, ctx.device, trial.user_attrs["seed"])
     evaluator = Evaluator.of(session)
     saved = _Saved(ctx.checkpoint_root / trial.user_attrs["checkpoint_key"], session)
-    history = _resume(trial, run, saved, ctx)  # one entry of metrics per finished epoch
+    history, recorded = _resume(trial, run, saved, ctx)  # one entry of metrics per finished epoch
     rules = rules_for(cfg.pruning.heuristics, METHODS[cfg.objective.method].collapse_check, ctx.random_init_knn)
     epochs, every = cfg.training.epochs, cfg.evaluation.eval_every
     while session.epoch < epochs:
@@ -131,18 +136,23 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
         except Diverged as err:
             _stop(trial, epoch, f"diverged: {err}")
         trial.set_user_attr("epochs_trained", epoch)
-        history.append({"epoch": epoch, **metrics})
+        # An epoch trained again after a dead worker had recorded it keeps the values first recorded,
+        # which MLflow and Optuna hold (the retry inherited its reported curve).
+        history.append({"epoch": epoch, **metrics, **{k: v for k, v in recorded.get(epoch, {}).items() if k in metrics}})
         # Checkpoint before recording: a worker killed in between re-records from the history
         # (_catch_up), instead of recording an epoch it will train again.
         if epoch % cfg.recovery.checkpoint_every == 0 or epoch == epochs:
             saved.write(history)
-        _record(trial, run, history, ctx)
+        _record(trial, run, history, ctx, recorded)
         if "knn_accuracy" in metrics and epoch < epochs:
             _prune_if_told(trial, cfg, rules, history)
-        ctx.stop.check()
+        if ctx.stop.requested:  # between checkpoints too: the recorded epochs must be in one
+            saved.write(history)
+            ctx.stop.check()
     final = evaluator.final_metric(session.method.backbone)  # evaluation.final_metric, overall and per class
     run.log_metrics(final.metrics(), step=epochs)
-    trial.set_user_attr("worst_class", {"class": final.scores.worst_class, "accuracy": final.scores.worst_accuracy})
+    trial.set_user_attr("worst_class", {"class": final.class_name(final.scores.worst_class),
+                                        "accuracy": final.scores.worst_accuracy})
     return final.accuracy
 
 
@@ -158,29 +168,39 @@ class _Saved:
                         {"training": self.session.state_dict(), "history": history})
 
 
-def _resume(trial: optuna.Trial, run: TrialRun, saved: _Saved, ctx: TrialContext) -> list[dict]:
+def _resume(trial: optuna.Trial, run: TrialRun, saved: _Saved,
+            ctx: TrialContext) -> tuple[list[dict], dict[int, dict[str, float]]]:
     """Continue from the newest checkpoint, if any (a retry, or a trial interrupted before): load the
-    training state, record what the dead worker had not, and return the history so far."""
+    training state, record what the dead worker had not, and return the history so far with what
+    MLflow holds of the epochs after the checkpoint (to be trained again, not recorded again)."""
     # On the CPU whatever the training device: the RNG states must stay CPU byte tensors (set_state
     # refuses others), and load_state_dict moves the weights to where the model lives.
     state = checkpoint.load_latest(saved.directory, map_location="cpu")
-    if state is None:
-        return []
-    session = saved.session
-    session.load_state_dict(state["training"])
-    history = state["history"]
-    _catch_up(trial, run, history)
-    ctx.say(f"trial {trial.number}: continuing trial {trial.user_attrs.get('retry_of')} from its checkpoint "
-            f"at epoch {session.epoch}, step {session.scheduler.last_epoch}")
-    return history
+    history = [] if state is None else state["history"]
+    if state is not None:
+        saved.session.load_state_dict(state["training"])
+    logged = run.logged_steps("ssl_loss")  # none for a new trial's new run
+    _catch_up(trial, run, history, logged)
+    ahead = {step for step in logged if step > (history[-1]["epoch"] if history else 0)}
+    if state is not None:
+        ctx.say(f"continuing trial {trial.user_attrs['checkpoint_key'].removeprefix('trial-')} from its checkpoint "
+                f"at epoch {saved.session.epoch}, step {saved.session.scheduler.last_epoch}, as Optuna trial #{trial.number}")
+    return history, run.metrics_at(ahead) if ahead else {}
 
 
-def _record(trial: optuna.Trial, run: TrialRun, history: list[dict], ctx: TrialContext) -> None:
+def _record(trial: optuna.Trial, run: TrialRun, history: list[dict], ctx: TrialContext,
+            recorded: dict[int, dict[str, float]]) -> None:
     """The newest epoch to MLflow, its kNN to Optuna (with every proxy kept with the trial, for
-    calibration and custom pruners to read), and to the console."""
-    entry = history[-1]
-    epoch, metrics = entry["epoch"], {k: v for k, v in entry.items() if k != "epoch"}
-    run.log_metrics(metrics, step=epoch)
+    calibration and custom pruners to read), and to the console.
+
+    An epoch a dead worker had recorded after its last checkpoint (`recorded`, from MLflow) was
+    trained again: it is not logged twice (its history entry holds the values first recorded).
+    """
+    epoch = history[-1]["epoch"]
+    metrics = {k: v for k, v in history[-1].items() if k != "epoch"}
+    unrecorded = {k: v for k, v in metrics.items() if k not in recorded.get(epoch, {})}
+    if unrecorded:
+        run.log_metrics(unrecorded, step=epoch)
     if "knn_accuracy" in metrics:
         trial.report(metrics["knn_accuracy"], epoch)
         trial.set_user_attr(HISTORY_ATTR, [_proxies_only(h) for h in history if "knn_accuracy" in h])
@@ -193,7 +213,9 @@ def _prune_if_told(trial: optuna.Trial, cfg: StudyConfig, rules, history: list[d
     if epoch < cfg.pruning.warmup_epochs:
         return  # "never prune before" is one promise: the SSL heuristics wait too (divergence does not)
     if trial.should_prune():
-        explained = getattr(trial.study.pruner, "reasons", {}).get(trial.number)
+        pruner = trial.study.pruner
+        reported = {h["epoch"]: h["knn_accuracy"] for h in history if "knn_accuracy" in h}
+        explained = getattr(pruner, "reasons", {}).get(trial.number) or explain(pruner, trial.study, reported)
         _stop(trial, epoch, explained or f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
     if (reason := first_reason(rules, history)) is not None:
         _stop(trial, epoch, reason)
@@ -214,9 +236,8 @@ def _proxies_only(entry: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in entry.items() if k not in ("lr", "epoch_time_s")}
 
 
-def _catch_up(trial: optuna.Trial, run: TrialRun, history: list[dict]) -> None:
+def _catch_up(trial: optuna.Trial, run: TrialRun, history: list[dict], logged: set[int]) -> None:
     """Record the checkpointed epochs the dead worker had not recorded yet: each exactly once."""
-    logged = run.logged_steps("ssl_loss")
     for entry in history:
         metrics = {k: v for k, v in entry.items() if k != "epoch"}
         if entry["epoch"] not in logged:

@@ -128,6 +128,16 @@ class TrialRun:
     def logged_steps(self, metric: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, metric)}
 
+    def metrics_at(self, steps: set[int]) -> dict[int, dict[str, float]]:
+        """{step: {metric: value}} of what the run holds at `steps` (the first value of a metric
+        logged twice at one step)."""
+        found: dict[int, dict[str, float]] = {}
+        for name in self.client.get_run(self.run_id).data.metrics:
+            for m in sorted(self.client.get_metric_history(self.run_id, name), key=lambda m: m.timestamp):
+                if m.step in steps:
+                    found.setdefault(m.step, {}).setdefault(name, m.value)
+        return found
+
     def log_text(self, text: str, name: str) -> None:
         with_backoff(lambda: self.client.log_text(self.run_id, text, name))
 
@@ -144,6 +154,9 @@ class TrialRun:
         if pruned_epoch is not None:
             tags["hpsearch.pruned_epoch"] = str(pruned_epoch)
         with_backoff(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+        if not reason and "hpsearch.reason" in with_backoff(lambda: self.client.get_run(self.run_id)).data.tags:
+            # A continued trial's run still says why it stopped the first time: no longer true.
+            with_backoff(lambda: self.client.delete_tag(self.run_id, "hpsearch.reason"))
         with_backoff(lambda: self.client.set_terminated(self.run_id, status=RUN_STATUS[state]))
 
 

@@ -310,8 +310,13 @@ def test_a_bad_root_stops_the_command_with_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing was created
 
 
-def test_a_study_on_an_imagefolder_runs(folder, tmp_path):
+def test_a_study_on_an_imagefolder_runs_and_names_its_classes_by_folder(folder, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     data = {"dataset": "imagefolder", "root": str(folder), "image_size": 16, "eval_size": 100, "probe_size": 100}
     study = hpsearch.run_study(tiny_study(tmp_path / "runs", n_trials=1, data=data, **{"training.epochs": 1}))
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
     assert 0.0 <= study.trials[0].value <= 1.0
+    assert study.trials[0].user_attrs["worst_class"]["class"] in CLASSES  # 'cat', not 3
+    run = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert {k.removeprefix("class_accuracy/") for k in run.data.metrics if k.startswith("class_accuracy/")} == set(CLASSES)
