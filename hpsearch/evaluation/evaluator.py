@@ -73,7 +73,8 @@ class Evaluator:
                    memory_format=session.memory_format)
 
     def _features(self, backbone: nn.Module, images: Tensor) -> Tensor:
-        return extract_features(backbone, images, self.splits.mean, self.splits.std)
+        # bf16 exactly when training used it (training.precision): fp32 studies measure in fp32.
+        return extract_features(backbone, images, self.splits.mean, self.splits.std, autocast=self.autocast)
 
     def view_subset(self, size: int = 256) -> Tensor:
         """Positions in the probe split of the images the embedding proxies (alignment, uniformity,

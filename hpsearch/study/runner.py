@@ -4,6 +4,7 @@ run trials until the study holds `n_trials` finished trials (counted across rest
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import warnings
 from contextlib import contextmanager
@@ -89,6 +90,7 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
     console.line(f"study {cfg.name!r}: {done}/{cfg.n_trials} trials finished, training on {device}")
     console.line(f"  optuna storage {mask(storage_url)}, MLflow {mask(tracking_uri)}")
     _measure_baseline(study, cfg, splits, device, tracker, study_run_id, console)
+    gc.collect()  # the untrained encoder is held by a cycle until a full collection: free it before trial 0
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         n = counts(study)

@@ -21,15 +21,6 @@ NAMES = sorted(METHODS)
 BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops: one intra-op thread is faster than two fighting over shared, busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def images():
     """64 real digit scans upsampled to 16 x 16, uint8 [N, 1, H, W] as the data splits hold them."""

@@ -32,14 +32,6 @@ TOL_FLOAT32 = 1e-6
 TOL_BF16_NETWORK = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name):
     torch.manual_seed(0)
     backbone, feature_dim = build_backbone(ModelConfig(backbone="small_cnn", width=8), 1, SIZE)
