@@ -12,7 +12,8 @@ from typing import Any
 import optuna
 from pydantic import ValidationError
 
-from hpsearch.config.schema import FieldError, ParamSpec, StudyConfig
+from hpsearch.config.schema import FieldError, ParamSpec, StudyConfig, did_you_mean
+from hpsearch.tracking.tracker import flatten
 
 # Fields that define the study rather than a trial: searching them makes no sense.
 NOT_SEARCHABLE = ("name", "n_trials", "workdir", "storage", "search_space", "sampler", "pruning", "tracking", "recovery")
@@ -100,12 +101,18 @@ def check_space(cfg: StudyConfig) -> None:
             except ValidationError as err:
                 first = err.errors()[0]
                 if first["type"] == "extra_forbidden":
-                    raise FieldError(where, "not a field of the study file; keys are dotted field paths "
-                                            "such as training.optimizer.lr") from None
+                    raise FieldError(where, f"not a field of the study file{did_you_mean(path, _searchable(cfg))}; "
+                                            "keys are dotted field paths such as training.optimizer.lr") from None
                 raise FieldError(where, f"the value {value!r} is invalid for this field: {first['msg']}") from None
             except FieldError as err:
                 raise FieldError(where, err.message) from None
         declared[path] = spec
+
+
+def _searchable(cfg: StudyConfig) -> list[str]:
+    """Every dotted path a search space may name, for suggestions."""
+    tree = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_SEARCHABLE}
+    return list(flatten(tree))
 
 
 def _check_condition(where: str, spec: ParamSpec, declared: dict[str, ParamSpec]) -> None:

@@ -98,3 +98,14 @@ def test_an_unknown_key_or_name_suggests_the_closest_known_one(tmp_path, body, c
         assert "did you mean" not in message
     else:
         assert f"(did you mean {closest!r}?)" in message
+
+
+def test_an_unknown_search_space_path_suggests_the_closest_field(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: x\nsearch_space:\n  training.optimizer.lrr: {type: float, low: 0.1, high: 1.0}\n")
+    with pytest.raises(StudyFileError, match=r"search_space\.training\.optimizer\.lrr: not a field of the study file "
+                                             r"\(did you mean 'training\.optimizer\.lr'\?\)"):
+        load_study(tmp_path / "bad.yaml")
+    (tmp_path / "far.yaml").write_text("name: x\nsearch_space:\n  zzz.qqq: {type: float, low: 0.1, high: 1.0}\n")
+    with pytest.raises(StudyFileError) as err:
+        load_study(tmp_path / "far.yaml")
+    assert "not a field" in str(err.value) and "did you mean" not in str(err.value)  # nothing close: no guess
