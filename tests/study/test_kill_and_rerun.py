@@ -48,6 +48,14 @@ def logged_steps(client, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "ssl_loss"))
 
 
+def modified(path: Path) -> float:
+    """A file's mtime, or 0 when the worker has just rotated it away."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def trial_runs(client, name: str) -> list:
     experiment = client.get_experiment_by_name(name)
     return [] if experiment is None else [r for r in client.search_runs([experiment.experiment_id])
@@ -68,7 +76,7 @@ def test_random_kills_and_immediate_reruns_leave_nothing_running_and_log_every_e
         worker = start(path, "--n-trials", total)
         # Once this worker has written a checkpoint, at a random moment within the next ~3 epochs:
         # in an epoch, an evaluation, a checkpoint write or between trials.
-        while not [f for f in checkpoints.glob("trial-*/*.pt") if f.stat().st_mtime > started]:
+        while not [f for f in checkpoints.glob("trial-*/*.pt") if modified(f) > started]:
             assert worker.poll() is None, worker.communicate()
             assert time.time() < started + 240
             time.sleep(0.02)
