@@ -3,5 +3,5 @@ compute on it (`hpsearch export`, `hpsearch replay`). Names here are kept import
 command line can list them without importing Optuna."""
 
 STRATEGY_NAMES = ("none", "median", "percentile25", "successive_halving", "hyperband", "top5_after_1", "calibrated")
-DEFAULT_STRATEGIES = ("none", "median", "hyperband", "top5_after_1", "calibrated")
+DEFAULT_STRATEGIES = ("none", "median", "hyperband", "successive_halving", "top5_after_1", "calibrated")
 SAMPLERS = ("random", "tpe")

@@ -68,6 +68,7 @@ def summarize(table: Table, runs: dict[str, list[Run]]) -> dict:
             "regret_at_20pct": float(np.mean([regret(table, r, 0.2) for r in results])),
             "regret": {f"{b:g}": float(np.mean([regret(table, r, b) for r in results])) for b in BUDGETS},
             "top3_pruned_rate": float(np.mean([r.top_pruned for r in results])),
+            "top3_lost_rate": float(np.mean([r.top_lost for r in results])),
             "missed_rate": float(np.mean(~np.isfinite(epochs))),
             "pruned_per_trial": float(np.mean([r.pruned / max(r.trials, 1) for r in results])),
         }

@@ -33,6 +33,7 @@ class Run:
     epochs_to_target: float  # epochs spent by all workers until a target trial finished; inf if none did
     completions: tuple[tuple[float, float], ...]  # (epochs spent when it finished, its final value), in order
     top_pruned: bool  # whether one of the table's top configurations was pruned
+    top_lost: bool  # ... or started and not run to its last epoch when the simulated study ended
     trials: int
     pruned: int
 
@@ -180,4 +181,5 @@ def simulate(table: Table, strategy: str, *, sampler: str = "random", seed: int 
         trials += 1
         jobs[worker] = _Job(trial, index, table.trials[index], table.primary, history)
         heapq.heappush(clock, (now + jobs[worker].step_cost(), worker))
-    return Run(reached, tuple(completions), top_pruned, trials, pruned)
+    unfinished = any(job is not None and job.index in top for job in jobs.values())
+    return Run(reached, tuple(completions), top_pruned, top_pruned or unfinished, trials, pruned)

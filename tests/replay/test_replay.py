@@ -24,7 +24,7 @@ from tests.helpers import ROOT
 
 SMALL_TABLE = Path(__file__).with_name("replay_small.json.gz")
 ISSUE_KEYS = {"epochs_to_target_median", "epochs_to_target_ratio_vs_none", "regret_at_20pct", "top3_pruned_rate",
-              "missed_rate"}
+              "top3_lost_rate", "missed_rate"}
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +245,8 @@ def test_summary_has_the_fields_of_the_issue(table):
     for name, values in summary["strategies"].items():
         assert ISSUE_KEYS <= set(values), name
         assert 0 <= values["top3_pruned_rate"] <= 1 and 0 <= values["missed_rate"] <= 1
+        # A pruned top configuration is lost; so is one still running when the study ends.
+        assert values["top3_pruned_rate"] <= values["top3_lost_rate"] <= 1
         assert values["regret_at_20pct"] == values["regret"]["0.2"] >= 0
         by_budget = [values["regret"][f"{b:g}"] for b in BUDGETS]
         assert by_budget == sorted(by_budget, reverse=True), name  # more budget, never more regret
