@@ -29,6 +29,7 @@ def test_report(study: optuna.Study, *, top: int | None = None, workdir: str | N
     from hpsearch.config.schema import StudyConfig
     from hpsearch.data import load_splits
     from hpsearch.study.on_test import RANDOM_INIT, chosen_trials, measure_on_test
+    from hpsearch.study.runner import checkpoint_root_of
     from hpsearch.study.studyfile import StudyFileError
     from hpsearch.tracking.tracker import Tracker
     from hpsearch.training.pretrain import resolve_device
@@ -39,7 +40,7 @@ def test_report(study: optuna.Study, *, top: int | None = None, workdir: str | N
     cfg = StudyConfig.model_validate({**stored, "storage": None, "workdir": workdir or stored["workdir"]})
     top = max(1, cfg.evaluation.test_top_k) if top is None else top
     root = Path(cfg.workdir).resolve()
-    checkpoint_root = Path(cfg.recovery.checkpoint_dir or root / "checkpoints").resolve() / cfg.name
+    checkpoint_root = checkpoint_root_of(cfg, root)
     try:
         splits = load_splits(cfg.data)
     except (ValueError, OSError) as err:

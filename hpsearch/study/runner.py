@@ -58,7 +58,7 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
     workdir = Path(cfg.workdir).resolve()
     storage_url = cfg.storage or f"sqlite:///{workdir / 'optuna.db'}"
     tracking_uri = cfg.tracking.uri or f"sqlite:///{workdir / 'mlflow.db'}"
-    checkpoint_root = Path(cfg.recovery.checkpoint_dir or workdir / "checkpoints").resolve() / cfg.name
+    checkpoint_root = checkpoint_root_of(cfg, workdir)
     tracker: Tracker | None = None
 
     def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -136,6 +136,11 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
         tracker.end_study_run(study_run_id, status)
     console.summary(study, _ui_hint(cfg, workdir, tracking_uri, tracker))
     return study
+
+
+def checkpoint_root_of(cfg: StudyConfig, workdir: Path) -> Path:
+    """Where the study's trials keep their checkpoints: `recovery.checkpoint_dir` or the work dir's."""
+    return Path(cfg.recovery.checkpoint_dir or workdir / "checkpoints").resolve() / cfg.name
 
 
 @contextmanager

@@ -179,7 +179,8 @@ def _resume(trial: optuna.Trial, run: TrialRun, saved: _Saved,
     history = [] if state is None else state["history"]
     if state is not None:
         saved.session.load_state_dict(state["training"])
-    logged = run.logged_steps("ssl_loss")  # none for a new trial's new run
+    # Only a retry's run can hold epochs already: a new trial's run was just created (no query).
+    logged = run.logged_steps("ssl_loss") if "retry_of" in trial.user_attrs else set()
     _catch_up(trial, run, history, logged)
     ahead = {step for step in logged if step > (history[-1]["epoch"] if history else 0)}
     if state is not None:
