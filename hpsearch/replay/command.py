@@ -11,7 +11,8 @@ from pathlib import Path
 from hpsearch.replay import DEFAULT_STRATEGIES, SAMPLERS, STRATEGY_NAMES
 
 
-def add_commands(commands) -> None:
+def add_commands(commands) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """Declare `replay` and `export`; returns their parsers for the caller to set handlers on."""
     replay = commands.add_parser("replay", help="simulate pruning strategies on a study's recorded curves")
     replay.add_argument("source", help="a replay table (.json or .json.gz, from `hpsearch export`) or an Optuna storage URL")
     replay.add_argument("--study", help="study name (required with a storage URL)")
@@ -32,6 +33,7 @@ def add_commands(commands) -> None:
     export.add_argument("--output", "-o", required=True, help="table file to write (.json.gz compresses)")
     export.add_argument("--recorded-with", default="", metavar="COMMAND",
                         help="the command that recorded the study, kept with the table")
+    return replay, export
 
 
 def _positive(text: str) -> int:
