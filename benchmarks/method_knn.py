@@ -114,14 +114,14 @@ def run_method(method: str, args, root: Path, workdir: Path) -> dict:
     import optuna
 
     import hpsearch
-    from hpsearch.pruning.calibration import HISTORY_ATTR
+    from hpsearch.config.study_attrs import proxy_history
 
     cfg = study_config(method, args, root, workdir)
     start = time.perf_counter()
     study = hpsearch.run_study(cfg)
     wall = time.perf_counter() - start
     trial = study.trials[-1]
-    history = trial.user_attrs.get(HISTORY_ATTR, [])
+    history = proxy_history(trial) or []
     complete = trial.state == optuna.trial.TrialState.COMPLETE
     trial_s = ((trial.datetime_complete - trial.datetime_start).total_seconds()
                if trial.datetime_complete and trial.datetime_start else None)

@@ -12,10 +12,13 @@ import importlib
 # public name -> the module that defines it
 _PUBLIC = {
     "run_study": "hpsearch.study.runner",
+    "optimize": "hpsearch.study.own_loop",
+    "Trial": "hpsearch.study.own_loop",
     "resume_study": "hpsearch.study.runner",
     "load_study": "hpsearch.study.studyfile",
     "StudyFileError": "hpsearch.study.studyfile",
     "StudyConfig": "hpsearch.config.schema",
+    "load_encoder": "hpsearch.training.encoder_file",
 }
 
 __all__ = list(_PUBLIC)

@@ -13,3 +13,16 @@ def mlflow_client(tmp_path):
         return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
 
     return open_client
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_study(tmp_path_factory) -> Path:
+    """The work dir of a finished tiny study (2 trials of 2 epochs), for tests that read one and
+    change nothing (or a copy). Its heartbeat beats every second with 1 s of grace, so that a test
+    can outwait the grace period of a trial it adds."""
+    import hpsearch
+    from tests.helpers import tiny_study
+
+    workdir = tmp_path_factory.mktemp("finished") / "runs"
+    hpsearch.run_study(tiny_study(workdir, **{"recovery.heartbeat_interval": 1, "recovery.grace_period": 1}))
+    return workdir

@@ -1,8 +1,13 @@
 """Helpers the tests share: a tiny study config and the real `hpsearch` command in a subprocess."""
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +45,75 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and all its descendants, read from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:  # the process ended while we read
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo += children.get(pid, [])
+    return pids
+
+
+def command_line(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+
+
+def process_tree(root: int) -> list[str]:
+    """Command lines of `root` and all its descendants."""
+    return [c for c in map(command_line, tree_pids(root)) if c is not None]
+
+
+def is_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie has ended, only its exit status is left)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_until_served(url: str, server: subprocess.Popen, *, timeout: float = 120, output=lambda: "") -> bytes:
+    """The body of `url` once it answers; fails when `server` exits first (with `output()`, what it
+    printed) or after `timeout` s."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=5).read()
+        except OSError:
+            assert server.poll() is None, f"the server exited ({server.returncode}) before {url} answered: {output()}"
+            assert time.time() < deadline, f"{url} did not answer within {timeout} s"
+            time.sleep(0.5)
+
+
+def stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM the server's whole process group, SIGKILL what is left after 30 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):  # the group is already gone
+            os.killpg(server.pid, sig)
+        try:
+            server.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue

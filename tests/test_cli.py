@@ -1,20 +1,16 @@
 """The `hpsearch` command as users run it: a real process, then the MLflow UI serving its results."""
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 import yaml
 
-from tests.helpers import run_cli, tiny_study
+from tests.helpers import free_port, process_tree, run_cli, stop_group, tiny_study, wait_until_served
 
 
 @pytest.fixture(scope="module")
@@ -52,35 +48,6 @@ def test_overrides_from_the_command_line_reach_the_trials(cli_run):
     assert study.trials[-1].user_attrs["epochs_trained"] == 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def process_tree(root: int) -> list[str]:
-    """Command lines of `root` and all its descendants, read from /proc (no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:  # the process ended while we read
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    commands, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                commands.append(f.read().replace(b"\0", b" ").decode())
-        except OSError:
-            continue
-    return commands
-
-
 def test_ui_from_the_venv_bin_serves_the_study_as_one_light_process_tree(cli_run):
     home, _ = cli_run
     # A venv's bin/hpsearch called by its full path, with a PATH on which no `mlflow` exists:
@@ -96,15 +63,7 @@ def test_ui_from_the_venv_bin_serves_the_study_as_one_light_process_tree(cli_run
                               start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read().decode()
-                assert time.time() < deadline, "MLflow UI did not come up"
-                time.sleep(0.5)
+        wait_until_served(base + "/health", server, timeout=90, output=lambda: server.stdout.read().decode())
 
         # Light: the server and one web worker. MLflow 3.17's defaults add a job runner, 8 huey
         # consumers and 3 more workers (15 processes, ~3.2 GB), which browsing runs never uses.
@@ -127,18 +86,6 @@ def test_ui_from_the_venv_bin_serves_the_study_as_one_light_process_tree(cli_run
         assert urllib.request.urlopen(base + "/", timeout=10).status == 200  # the UI page itself
     finally:
         stop_group(server)
-
-
-def stop_group(server: subprocess.Popen) -> None:
-    """SIGTERM the server's whole process group, SIGKILL what is left after 30 s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):  # the group is already gone
-            os.killpg(server.pid, sig)
-        try:
-            server.wait(timeout=30)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def test_ui_without_results_says_what_to_do(tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpsearch.cli import replay, report, run, ui
+from hpsearch.cli import export, replay, report, run, status, ui
 from hpsearch.cli.errors import EXIT_BAD_INPUT
 
 __all__ = ["EXIT_BAD_INPUT", "build_parser", "main"]
@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run.add_commands(commands)
     report.add_command(commands)
-    replay.add_commands(commands)
+    replay.add_command(commands)
+    export.add_command(commands)
+    status.add_command(commands)
     ui.add_command(commands)
     return parser
 

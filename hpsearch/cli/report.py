@@ -1,15 +1,22 @@
-"""`hpsearch report NAME`: what a study found, and on demand its best trials on the test split."""
+"""`hpsearch report NAME`: what a study found (leaderboard, importances, compute saved by pruning,
+per-class accuracy, calibration), as text or one HTML file, and on demand its best trials on the
+test split."""
 
 from __future__ import annotations
+
+import os
 
 from hpsearch.cli.errors import bad_input
 
 
 def add_command(commands) -> None:
-    report = commands.add_parser("report", help="a study's trials and how well each proxy predicted the final metric")
+    report = commands.add_parser("report", help="what a study found: leaderboard, importances, compute saved by "
+                                                "pruning, per-class accuracy, calibration")
     report.add_argument("study_name")
     add_location_options(report)
     report.add_argument("--json", action="store_true", help="print the calibration records as JSON")
+    report.add_argument("--html", metavar="FILE",
+                        help="also write the report with its plots to FILE, one self-contained HTML page")
     report.add_argument("--test", action="store_true",
                         help="measure the best trials (by validation value) on the test split, from their kept "
                              "checkpoints, and show both figures")
@@ -37,15 +44,37 @@ def load_named_study(args):
 
 def _report(args, argv: list[str]) -> int:
     from hpsearch.pruning.calibration import calibration_json, calibration_records
-    from hpsearch.report import study_report, test_report
+    from hpsearch.report import study_report, test_report, write_html
     from hpsearch.study.studyfile import StudyFileError
 
+    if args.html is not None and (problem := _unwritable(args.html)):
+        return bad_input(f"--html {args.html}: {problem}")  # before the study is read: nothing is spent
     try:
         study = load_named_study(args)
         if args.test:
             print(test_report(study, top=args.top, workdir=args.workdir), end="")
-            return 0
     except StudyFileError as err:
         return bad_input(err)
-    print(calibration_json(calibration_records(study.get_trials())) if args.json else study_report(study), end="")
+    if not args.test:
+        print(calibration_json(calibration_records(study.get_trials())) if args.json
+              else study_report(study, workdir=args.workdir), end="")
+    if args.html is not None:
+        try:
+            write_html(study, args.html, workdir=args.workdir)
+        except OSError as err:
+            return bad_input(f"--html {args.html}: {err.strerror or err}")
+        if not args.json:
+            print(f"\nHTML report: {os.path.abspath(args.html)}")
     return 0
+
+
+def _unwritable(path: str) -> str | None:
+    """Why the report could not be written to `path`, or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "is a directory"
+    if not os.path.isdir(folder):
+        return f"no such directory {folder}"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from hpsearch.config import names
 from hpsearch.data import DATASETS
@@ -213,7 +213,10 @@ class FinetuneConfig(Section):
 
 
 class EvaluationConfig(Section):
-    proxy: Literal["knn"] = Field("knn", description="the cheap metric reported to the pruner during pretraining")
+    proxy: str = Field("knn", pattern=r"^[A-Za-z_][\w./-]*$",
+                       description="the cheap metric reported to the pruner during pretraining: knn (knn_accuracy) "
+                                   "for hpsearch's methods; with hpsearch.optimize, any metric your loop passes to "
+                                   "trial.report_epoch")
     eval_every: int = Field(1, gt=0, description="epochs between proxy evaluations (the last epoch is always evaluated)")
     final_metric: Literal["linear_probe", "knn", "finetune"] = Field(
         "linear_probe", description="the delayed metric, the trial's value: trained on the probe split, measured on "
@@ -222,6 +225,11 @@ class EvaluationConfig(Section):
     knn: KnnConfig = KnnConfig()
     linear_probe: LinearProbeConfig = LinearProbeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    @property
+    def primary_proxy(self) -> str:
+        """The metric name of `proxy`, as MLflow and the proxy history record it."""
+        return "knn_accuracy" if self.proxy in ("knn", "knn_accuracy") else self.proxy
+
     test_top_k: int = Field(1, ge=0, description="when the study ends, the best k trials (by validation value) are "
                                                  "measured on the test split, from their kept checkpoints "
                                                  "(at most recovery.keep_best); 0 = never")
@@ -340,11 +348,14 @@ class StudyConfig(Section):
     recovery: RecoveryConfig = RecoveryConfig()
 
     @model_validator(mode="after")
-    def _evaluates_within_budget(self) -> "StudyConfig":
-        if self.search_space is None:
+    def _evaluates_within_budget(self, info: ValidationInfo) -> "StudyConfig":
+        if (info.context or {}).get("own_loop"):
+            # hpsearch.optimize: the objective may suggest every parameter itself.
+            self.search_space = self.search_space or {}
+        elif self.search_space is None:
             method = METHODS[self.objective.method]
             self.search_space = {path: ParamSpec(**spec) for path, spec in method.search_space.items()}
-        if not self.search_space:
+        if not self.search_space and not (info.context or {}).get("own_loop"):
             raise FieldError("search_space", "expected at least one parameter to search "
                              "(omit search_space to use the method's default space)")
         if self.evaluation.eval_every > self.training.epochs:

@@ -15,14 +15,17 @@ from collections import defaultdict
 import numpy as np
 import optuna
 
-HISTORY_ATTR = "proxy_history"  # user attr: [{"epoch": e, "knn_accuracy": ..., ...}, ...]
+from hpsearch.config.study_attrs import HISTORY_ATTR, proxy_history
+
+__all__ = ["HISTORY_ATTR", "REPORTED", "proxy_curves"]  # and the calibration functions below
+
 REPORTED = "reported"  # the proxy name of plain intermediate values, in studies hpsearch did not record
 
 
 def proxy_curves(trial: optuna.trial.FrozenTrial) -> dict[str, dict[int, float]]:
     """{proxy: {step: value}} of one trial: every proxy hpsearch recorded, or else the values the
     trial reported to Optuna (any study, even one hpsearch did not run). Non-finite values dropped."""
-    history = trial.user_attrs.get(HISTORY_ATTR)
+    history = proxy_history(trial)
     if not history:
         return {REPORTED: {step: value for step, value in trial.intermediate_values.items() if np.isfinite(value)}}
     curves: dict[str, dict[int, float]] = defaultdict(dict)

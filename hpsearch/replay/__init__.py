@@ -1,6 +1,6 @@
 """Replaying recorded studies: check a pruning strategy against complete curves before spending
-compute on it (`hpsearch export`, `hpsearch replay`). Names here are kept import-light, so the
-command line can list them without importing Optuna."""
+compute on it (`hpsearch export NAME --table FILE`, `hpsearch replay`). Names here are kept
+import-light, so the command line can list them without importing Optuna."""
 
 STRATEGY_NAMES = ("none", "median", "percentile25", "successive_halving", "hyperband", "top5_after_1", "calibrated")
 DEFAULT_STRATEGIES = ("none", "median", "hyperband", "successive_halving", "top5_after_1", "calibrated")

@@ -1,5 +1,6 @@
-"""`hpsearch replay` and `hpsearch export`: check pruners against recorded curves before spending
-compute on them."""
+"""`hpsearch replay` and `hpsearch export NAME --table FILE`: check pruners against recorded curves
+before spending compute on them. The `export` command itself is declared in hpsearch.cli.export,
+which also exports encoders; the table it writes is made here."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 from hpsearch.replay import DEFAULT_STRATEGIES, SAMPLERS, STRATEGY_NAMES
 
 
-def add_commands(commands) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """Declare `replay` and `export`; returns their parsers for the caller to set handlers on."""
+def add_command(commands) -> argparse.ArgumentParser:
+    """Declare `replay`; returns its parser for the caller to set the handler on."""
     replay = commands.add_parser("replay", help="simulate pruning strategies on a study's recorded curves")
-    replay.add_argument("source", help="a replay table (.json or .json.gz, from `hpsearch export`) or an Optuna storage URL")
+    replay.add_argument("source", help="a replay table (.json or .json.gz, from `hpsearch export NAME --table FILE`) or an Optuna storage URL")
     replay.add_argument("--study", help="study name (required with a storage URL)")
     replay.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                         help=f"comma-separated, from: {', '.join(STRATEGY_NAMES)} (default: %(default)s)")
@@ -26,14 +27,7 @@ def add_commands(commands) -> tuple[argparse.ArgumentParser, argparse.ArgumentPa
     replay.add_argument("--jobs", type=_positive, default=1, help="processes running the simulations (default 1)")
     replay.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     replay.add_argument("--plot", help="also write regret against budget to this image file (.png, .svg)")
-
-    export = commands.add_parser("export", help="write a study's complete curves to a replay table file")
-    export.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///hpsearch-runs/optuna.db")
-    export.add_argument("--study", required=True, help="study name")
-    export.add_argument("--output", "-o", required=True, help="table file to write (.json.gz compresses)")
-    export.add_argument("--recorded-with", default="", metavar="COMMAND",
-                        help="the command that recorded the study, kept with the table")
-    return replay, export
+    return replay
 
 
 def _positive(text: str) -> int:
@@ -105,10 +99,13 @@ def replay_command(args) -> int:
     return 0
 
 
-def export_command(args) -> int:
-    table = load_table(args.storage, args.study)
-    table.command = args.recorded_with
-    table.save(args.output)
-    print(f"{args.output}: {len(table.trials)} configurations, exhaustive budget {table.budget} epochs, "
-          f"best {table.best():.4f}" + (f" (left out: {table.skipped})" if table.skipped else ""))
-    return 0
+def export_table(study, output: str, recorded_with: str = "") -> str:
+    """Write the complete curves of `study` (an optuna.Study) to the table file `output`, keeping the
+    command that recorded them; returns the line that says what was written."""
+    from hpsearch.replay.table import Table
+
+    table = Table.from_study(study)
+    table.command = recorded_with
+    table.save(output)
+    return (f"{output}: {len(table.trials)} configurations, exhaustive budget {table.budget} epochs, "
+            f"best {table.best():.4f}" + (f" (left out: {table.skipped})" if table.skipped else ""))

@@ -20,7 +20,8 @@ import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, json_to_distribution
 
-from hpsearch.pruning.calibration import HISTORY_ATTR, REPORTED
+from hpsearch.config.study_attrs import keep_proxy_history
+from hpsearch.pruning.calibration import REPORTED
 from hpsearch.replay import SAMPLERS
 from hpsearch.replay.strategies import make_pruner
 from hpsearch.replay.table import Recording, Table
@@ -62,7 +63,7 @@ class _Job:
         step = self.steps[self.position]
         self.trial.report(self.curve[step], step)
         if self.history:
-            self.trial.set_user_attr(HISTORY_ATTR, [
+            keep_proxy_history(self.trial, [
                 {"epoch": s, **{p: c[s] for p, c in self.recording.curves.items() if s in c}}
                 for s in self.steps[:self.position + 1]])
         self.position += 1

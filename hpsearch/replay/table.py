@@ -17,7 +17,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.pruning.calibration import HISTORY_ATTR, REPORTED, proxy_curves
+from hpsearch.config.study_attrs import proxy_history
+from hpsearch.pruning.calibration import REPORTED, proxy_curves
 
 FORMAT = "hpsearch-replay-table/1"
 
@@ -75,7 +76,7 @@ class Table:
         except (OSError, ValueError, EOFError, zlib.error) as err:
             raise TableError(f"{path}: cannot read a replay table ({err})") from None
         if not isinstance(tree, dict) or tree.get("format") != FORMAT:
-            raise TableError(f"{path}: not a replay table (expected format {FORMAT!r}; write one with `hpsearch export`)")
+            raise TableError(f"{path}: not a replay table (expected format {FORMAT!r}; write one with `hpsearch export NAME --table FILE`)")
         tree.pop("format")
         try:
             trials = [Recording(**{**r, "curves": {p: {int(s): v for s, v in c.items()} for p, c in r["curves"].items()}})
@@ -96,7 +97,7 @@ class Table:
                 skipped[why] = skipped.get(why, 0) + 1
             else:
                 trials.append(recording)
-        primary = "knn_accuracy" if any(HISTORY_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False)) else REPORTED
+        primary = "knn_accuracy" if any(proxy_history(t) is not None for t in study.get_trials(deepcopy=False)) else REPORTED
         space: dict[str, str] = {}
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             for name, distribution in trial.distributions.items():

@@ -41,9 +41,9 @@ class Console:
     def epoch(self, trial_number: int, epoch: int, metrics: dict[str, float]) -> None:
         if not self.live:
             return
-        knn = metrics.get("knn_accuracy")
-        proxy = f"  kNN {knn:.3f}" if knn is not None else ""
-        text = f"trial {trial_number}  epoch {epoch}/{self.epochs}  loss {metrics['ssl_loss']:.3f}{proxy}"
+        knn, loss = metrics.get("knn_accuracy"), metrics.get("ssl_loss")  # a loop of your own may report either
+        text = (f"trial {trial_number}  epoch {epoch}/{self.epochs}" + (f"  loss {loss:.3f}" if loss is not None else "")
+                + (f"  kNN {knn:.3f}" if knn is not None else ""))
         if self.status:
             text += f"  |  {self.status}"
         self.stream.write("\r\033[K" + text[:200])

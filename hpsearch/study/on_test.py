@@ -5,7 +5,7 @@ ever reads it.
 
 A chosen trial is measured from its kept checkpoint (the encoder as it was when the trial ended),
 so measuring never retrains; the random-init encoder is measured too, as the bar on the test split.
-Results are kept in the study's user attrs (`test_results`) and logged as `test_<metric>` on the
+Results are kept with the study (hpsearch.config.study_attrs.test_results) and logged as `test_<metric>` on the
 trial's MLflow run and, for the best trial, on the study's parent run.
 """
 
@@ -18,21 +18,20 @@ import optuna
 import torch
 
 from hpsearch.config.schema import StudyConfig
+from hpsearch.config.study_attrs import keep_test_results, test_results
 from hpsearch.data import Splits
 from hpsearch.evaluation import FINAL_METRIC_KEYS, Evaluator
-from hpsearch.study.space import with_values
+from hpsearch.study.trained import checkpoint_dir, final_checkpoint, restored
 from hpsearch.tracking.tracker import Tracker
-from hpsearch.training import checkpoint
 from hpsearch.training.pretrain import Pretraining
 
-TEST_ATTR = "test_results"  # study user attr: {"<trial number>" | "random_init": {"value": ..., "metrics": {...}}}
 RANDOM_INIT = "random_init"
 
 
 def results_on_test(study: optuna.Study) -> dict[str, dict[str, float]]:
     """What has been measured on the test split so far, by trial number (as a string) or `random_init`:
     the final metric's overall accuracy (`value`) and its MLflow metrics (`metrics`, `test_`-prefixed)."""
-    return dict(study.user_attrs.get(TEST_ATTR, {}))
+    return test_results(study)
 
 
 def chosen_trials(study: optuna.Study, top_k: int) -> list[optuna.trial.FrozenTrial]:
@@ -55,18 +54,17 @@ def measure_on_test(study: optuna.Study, cfg: StudyConfig, splits: Splits, devic
     for trial in chosen:
         if str(trial.number) in results:
             continue
-        directory = checkpoint_root / trial.user_attrs.get("checkpoint_key", f"trial-{trial.number}")
-        state = checkpoint.load_latest(directory, map_location="cpu")
-        if state is None or state["training"]["epoch"] != cfg.training.epochs:
-            say(f"  trial {trial.number}: no final checkpoint under {directory}; not measured on the test split")
+        state = final_checkpoint(cfg, checkpoint_root, trial)
+        if state is None:
+            say(f"  trial {trial.number}: no final checkpoint under {checkpoint_dir(checkpoint_root, trial)}; "
+                "not measured on the test split")
             continue
-        session = Pretraining(with_values(cfg, trial.params), splits, device, trial.user_attrs["seed"])
-        session.load_state_dict(state["training"])
+        session = restored(cfg, splits, device, trial, state)
         results[str(trial.number)] = measured = _on_test(Evaluator.of(session), session)
         if tracker is not None and "mlflow_run_id" in trial.user_attrs:
             tracker.log_metrics(trial.user_attrs["mlflow_run_id"], measured["metrics"], step=cfg.training.epochs)
         say(f"  trial {trial.number}: test {measured['value']:.4f} (validation {trial.value:.4f})")
-    study.set_user_attr(TEST_ATTR, results)
+    keep_test_results(study, results)
     if tracker is not None and study_run_id is not None and chosen and str(chosen[0].number) in results:
         best = results[str(chosen[0].number)]["metrics"]
         parent = {key: best[key], "test_worst_class_accuracy": best["test_worst_class_accuracy"]}

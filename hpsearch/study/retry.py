@@ -1,7 +1,7 @@
 """Retrying a trial whose worker died or was interrupted, and counting trials with retries in mind.
 
 A retry is a new Optuna trial (WAITING, picked up by the next worker that asks) with the same
-params, the reported curve and the user attrs of the trial it replaces, so it continues from that
+params, the reported curve, the proxy history and the user attrs of the trial it replaces, so it continues from that
 trial's checkpoint and MLflow run. Optuna 5 has no `Trial.system_attrs`, so the link lives in
 user attrs: `retry_of` (the trial replaced) and `retries` (crash retries so far).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.config.study_attrs import HISTORY_ATTR, proxy_history
 from hpsearch.study.owner import OWNER_ATTR, died_here
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -31,6 +32,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int, count_
         user_attrs={**{k: v for k, v in trial.user_attrs.items() if k not in NOT_INHERITED},
                     "retry_of": trial.number, "retries": retries},
         intermediate_values=trial.intermediate_values,
+        system_attrs={HISTORY_ATTR: history} if (history := proxy_history(trial)) is not None else None,
     ))
     return True
 

@@ -9,10 +9,11 @@ import optuna
 import yaml
 
 from hpsearch.config.schema import StudyConfig
+from hpsearch.config.study_attrs import LOOP_ATTR, keep_study_config, study_config
+from hpsearch.study.studyfile import StudyFileError
 from hpsearch.tracking.urls import mask
 from hpsearch.tracking.tracker import flatten
 
-CONFIG_ATTR = "hpsearch_config"
 # Sections whose change alters what is searched or how trials are scored. Budget fields such as
 # n_trials, the work dir, storage, tracking and recovery settings may change freely.
 SEARCH_DEFINING = ("seed", "data", "model", "objective", "augment", "training", "evaluation",
@@ -30,7 +31,7 @@ def store_config(study: optuna.Study, cfg: StudyConfig) -> None:
     tree = cfg.model_dump(mode="json")
     tree["storage"] = cfg.storage and mask(cfg.storage)
     tree["tracking"]["uri"] = cfg.tracking.uri and mask(cfg.tracking.uri)
-    study.set_user_attr(CONFIG_ATTR, tree)  # once: the YAML the parent run keeps is made from it (config_yaml)
+    keep_study_config(study, tree)  # once: the YAML the parent run keeps is made from it (config_yaml)
 
 
 def config_yaml(study: optuna.Study) -> str:
@@ -47,7 +48,20 @@ def without_secrets(text: str, cfg: StudyConfig) -> str:
 
 
 def stored_config(study: optuna.Study) -> dict | None:
-    return study.user_attrs.get(CONFIG_ATTR)
+    return study_config(study)
+
+
+def method_study_config(study: optuna.Study, cannot: str) -> dict:
+    """The stored config of a study whose trials hpsearch's method library trains; StudyFileError
+    saying what hpsearch `cannot` do for any other (a study hpsearch did not create, or one that
+    runs a training loop of the user's own, whose model hpsearch cannot rebuild)."""
+    stored = stored_config(study)
+    if stored is None:
+        raise StudyFileError(f"study {study.study_name!r} was not created by hpsearch: {cannot}")
+    if study.user_attrs.get(LOOP_ATTR) == "own":
+        raise StudyFileError(f"study {study.study_name!r} runs a training loop of your own (hpsearch.optimize): "
+                             f"{cannot}; rerun your script to continue it")
+    return stored
 
 
 def check_unchanged(study: optuna.Study, cfg: StudyConfig, force: bool) -> None:

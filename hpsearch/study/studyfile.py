@@ -29,9 +29,10 @@ SHORTHANDS = {"n_trials": "n_trials", "storage": "storage", "tracking_uri": "tra
               "workdir": "workdir", "seed": "seed"}
 
 
-def load_study(source: str | Path | dict | StudyConfig, sets: list[str] | dict | None = None,
-               **shorthands: Any) -> tuple[StudyConfig, str | None]:
-    """Validate a study file (a path, a dict or a StudyConfig) with overrides applied.
+def load_study(source: str | Path | dict | StudyConfig, sets: list[str] | dict | None = None, *,
+               own_loop: bool = False, **shorthands: Any) -> tuple[StudyConfig, str | None]:
+    """Validate a study file (a path, a dict or a StudyConfig) with overrides applied. `own_loop`:
+    for hpsearch.optimize, whose objective may suggest every parameter (`search_space` may be empty).
 
     `sets` are "a.b.c=value" strings (value parsed as YAML) or a {path: value} dict; `shorthands`
     are the keys of SHORTHANDS. Returns the config and the study file's text (None for a dict).
@@ -54,7 +55,7 @@ def load_study(source: str | Path | dict | StudyConfig, sets: list[str] | dict |
     try:
         for path, value in overrides.items():
             set_path(raw, path, value)
-        cfg = StudyConfig.model_validate(raw)
+        cfg = StudyConfig.model_validate(raw, context={"own_loop": own_loop})
         check_space(cfg)
         _check_pruner(cfg)
     except ValidationError as err:

@@ -20,7 +20,7 @@ import torch
 from hpsearch.config.schema import StudyConfig
 from hpsearch.data import Splits
 from hpsearch.evaluation import Evaluator
-from hpsearch.pruning.calibration import HISTORY_ATTR
+from hpsearch.config.study_attrs import keep_proxy_history
 from hpsearch.pruning.heuristics import first_reason, rules_for
 from hpsearch.pruning.pruners import explain
 from hpsearch.study.interrupt import Interrupted, StopRequest
@@ -63,13 +63,20 @@ class TrialContext:
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
-    """The Optuna objective. Ends the trial's MLflow run with the state Optuna will record."""
+    """The Optuna objective of hpsearch's method library."""
     trial.set_user_attr(OWNER_ATTR, this_worker())  # a process that dies here is known stale at once
     values = sample(trial, ctx.cfg.search_space)
     cfg = with_values(ctx.cfg, values)
-    run = _open_run(trial, cfg, ctx, sampled=values)
+    # Each sampled value is a param of its own, named as in the search space (`augment.crop_scale.0`),
+    # besides the flattened config, so that MLflow's parallel coordinates get a numeric axis.
+    run = open_run(trial, ctx.tracker, ctx.study_run_id, cfg.seed, {**trial_params(cfg), **values}, list(values))
+    return with_outcome(trial, run, lambda: _train_and_evaluate(trial, cfg, ctx, run))
+
+
+def with_outcome(trial: optuna.Trial, run: TrialRun, train: Callable[[], float]) -> float:
+    """Run `train` and end the trial's MLflow run with the state Optuna will record (and why)."""
     try:
-        value = _train_and_evaluate(trial, cfg, ctx, run)
+        value = train()
     except optuna.TrialPruned as pruned:
         run.finish("PRUNED", reason=str(pruned), pruned_epoch=trial.user_attrs.get("epochs_trained"))
         raise
@@ -102,17 +109,17 @@ def _release(err: BaseException | None) -> None:
         torch.cuda.empty_cache()
 
 
-def _open_run(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, sampled: dict) -> TrialRun:
-    """A retry continues the MLflow run of the trial it replaces; a new trial starts one. Each
-    sampled value is a param of its own, named as in the search space (`augment.crop_scale.0`),
-    besides the flattened config, so that MLflow's parallel coordinates get a numeric axis."""
+def open_run(trial: optuna.Trial, tracker: Tracker, study_run_id: str, study_seed: int, params: dict,
+             searched: list[str]) -> TrialRun:
+    """A retry continues the MLflow run of the trial it replaces (and its checkpoint directory and
+    seed); a new trial starts one, with `params`."""
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id is not None:
-        return ctx.tracker.continue_trial_run(run_id, trial.number)
-    run = ctx.tracker.trial_run(ctx.study_run_id, trial.number, {**trial_params(cfg), **sampled}, list(sampled))
+        return tracker.continue_trial_run(run_id, trial.number)
+    run = tracker.trial_run(study_run_id, trial.number, params, searched)
     trial.set_user_attr("mlflow_run_id", run.run_id)
     trial.set_user_attr("checkpoint_key", f"trial-{trial.number}")
-    trial.set_user_attr("seed", trial_seed(cfg.seed, trial.number))
+    trial.set_user_attr("seed", trial_seed(study_seed, trial.number))
     return run
 
 
@@ -134,7 +141,7 @@ def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext
             saved.write(history)
             raise
         except Diverged as err:
-            _stop(trial, epoch, f"diverged: {err}")
+            stop_trial(trial, epoch, f"diverged: {err}")
         trial.set_user_attr("epochs_trained", epoch)
         # An epoch trained again after a dead worker had recorded it keeps the values first recorded,
         # which MLflow and Optuna hold (the retry inherited its reported curve).
@@ -204,22 +211,29 @@ def _record(trial: optuna.Trial, run: TrialRun, history: list[dict], ctx: TrialC
         run.log_metrics(unrecorded, step=epoch)
     if "knn_accuracy" in metrics:
         trial.report(metrics["knn_accuracy"], epoch)
-        trial.set_user_attr(HISTORY_ATTR, [_proxies_only(h) for h in history if "knn_accuracy" in h])
+        keep_proxy_history(trial, [_proxies_only(h) for h in history if "knn_accuracy" in h])
     ctx.on_epoch(trial.number, epoch, metrics)
 
 
 def _prune_if_told(trial: optuna.Trial, cfg: StudyConfig, rules, history: list[dict]) -> None:
     """Stop the trial (TrialPruned) when, after the warm-up, the pruner or an SSL heuristic says so."""
-    epoch, knn = history[-1]["epoch"], history[-1]["knn_accuracy"]
+    epoch = history[-1]["epoch"]
     if epoch < cfg.pruning.warmup_epochs:
         return  # "never prune before" is one promise: the SSL heuristics wait too (divergence does not)
-    if trial.should_prune():
-        pruner = trial.study.pruner
-        reported = {h["epoch"]: h["knn_accuracy"] for h in history if "knn_accuracy" in h}
-        explained = getattr(pruner, "reasons", {}).get(trial.number) or explain(pruner, trial.study, reported)
-        _stop(trial, epoch, explained or f"{cfg.pruning.name} pruner: kNN {knn:.4f} at epoch {epoch}")
+    reported = {h["epoch"]: h["knn_accuracy"] for h in history if "knn_accuracy" in h}
+    if (reason := pruner_reason(trial, cfg.pruning.name, "kNN", reported)) is not None:
+        stop_trial(trial, epoch, reason)
     if (reason := first_reason(rules, history)) is not None:
-        _stop(trial, epoch, reason)
+        stop_trial(trial, epoch, reason)
+
+
+def pruner_reason(trial: optuna.Trial, pruner_name: str, proxy_label: str, reported: dict[int, float]) -> str | None:
+    """Why the study's pruner stops the trial now, or None when it does not."""
+    if not trial.should_prune():
+        return None
+    pruner, epoch = trial.study.pruner, max(reported)
+    explained = getattr(pruner, "reasons", {}).get(trial.number) or explain(pruner, trial.study, reported)
+    return explained or f"{pruner_name} pruner: {proxy_label} {reported[epoch]:.4f} at epoch {epoch}"
 
 
 def _train_one_epoch(session: Pretraining, evaluator: Evaluator, evaluate: bool, stop: StopRequest) -> dict[str, float]:
@@ -249,7 +263,8 @@ def _catch_up(trial: optuna.Trial, run: TrialRun, history: list[dict], logged: s
                 trial.report(metrics["knn_accuracy"], entry["epoch"])
 
 
-def _stop(trial: optuna.Trial, epoch: int, reason: str):
+def stop_trial(trial: optuna.Trial, epoch: int, reason: str):
+    """End the trial as PRUNED at `epoch`, saying why."""
     trial.set_user_attr("reason", reason)
     trial.set_user_attr("epochs_trained", epoch)
     raise optuna.TrialPruned(reason)

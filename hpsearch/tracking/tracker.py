@@ -90,12 +90,40 @@ class Tracker:
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
+    def log_bytes(self, run_id: str, data: bytes, name: str) -> None:
+        """`data` as the run's artifact `name` ("report/history.png"): MLflow logs only files from
+        disk (log_text and log_image cover text and arrays), so the bytes pass through a temporary file."""
+        import tempfile
+
+        folder, _, filename = name.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / filename).write_bytes(data)
+            self.client.log_artifact(run_id, str(Path(tmp) / filename), artifact_path=folder or None)
+
     def end_study_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
     def runs_url(self, host: str = "http://127.0.0.1:5000") -> str:
         """The runs table with its parent/child tree (MLflow 3 opens experiments in a GenAI view)."""
         return f"{host}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+
+
+class RunReader:
+    """Reads runs by id and creates nothing: a report on a study that ended long ago must not write
+    to its tracking store (a Tracker creates the experiment it is given)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    @classmethod
+    def at(cls, tracking_uri: str) -> "RunReader":
+        from mlflow.tracking import MlflowClient
+
+        return cls(MlflowClient(tracking_uri))
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of each metric of the run."""
+        return dict(self.client.get_run(run_id).data.metrics)
 
 
 def log_metrics(client, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:

@@ -1,4 +1,5 @@
-"""`hpsearch replay` / `hpsearch export` as users run them: real processes on real SQLite studies."""
+"""`hpsearch replay` / `hpsearch export NAME --table FILE` as users run them: real processes on real
+SQLite studies."""
 
 from __future__ import annotations
 
@@ -44,8 +45,12 @@ def cli(tmp_path_factory):
     Table.from_study(make_study(ranked_trials(seed=2, slow_best=True), name="slow-best")).save(home / "slow.json")
     first = _finish({
         "replay": _start("replay", url, "--study", "plain", "--seeds", "5", "--json", cwd=home),
-        "export": _start("export", url, "--study", "recorded", "-o", "out/recorded.json.gz",
+        "export": _start("export", "recorded", "--storage", url, "--table", "out/recorded.json.gz",
                          "--recorded-with", "hpsearch run study.yaml", cwd=home),
+        # The form before `export --out` (encoders) existed, and a command line naming neither output.
+        "old-export": _start("export", url, "--study", "recorded", "-o", "old.json.gz", cwd=home),
+        "export-neither": _start("export", "recorded", "--storage", url, cwd=home),
+        "export-unknown-study": _start("export", "nope", "--storage", url, "--table", "nope.json", cwd=home),
         "no-study": _start("replay", url, cwd=home),
         "unknown-study": _start("replay", url, "--study", "nope", cwd=home),
         "unknown-strategy": _start("replay", url, "--study", "plain", "--strategies", "none,fastest", cwd=home),
@@ -100,6 +105,9 @@ def test_cli_export_then_replay_of_the_file(cli):
     ("unknown-study", ["--study", "'nope'"]),
     ("unknown-strategy", ["--strategies", "'fastest'"]),
     ("missing-file", ["missing.db"]),
+    ("old-export", ["is now `hpsearch export recorded --table old.json.gz --storage sqlite:///"]),
+    ("export-neither", ["exactly one of --out DIR", "--table FILE"]),
+    ("export-unknown-study", ["no study named 'nope'"]),
 ])
 def test_cli_bad_input_exits_2_with_one_line_naming_it(cli, key, names):
     home, _, results = cli
@@ -112,6 +120,7 @@ def test_cli_bad_input_exits_2_with_one_line_naming_it(cli, key, names):
     assert result.stdout == ""
     if key == "missing-file":
         assert not (home / "missing.db").exists()
+    assert not list(home.glob("old.json*")) and not list(home.glob("nope.json*"))  # nothing written on bad input
 
 
 def test_cli_json_stays_json_when_a_strategy_misses_the_target(cli):

@@ -48,6 +48,8 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 
+from hpsearch.config import study_attrs
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STUDY_FILE = FIXTURES / "compat.yaml"
 TARBALL = FIXTURES / "main-964551b.tar.gz"
@@ -148,4 +150,4 @@ def test_the_same_study_file_and_seed_give_main_964551b_results(tmp_path):
     # best trial (chosen on validation) is that same number, on the same test images.
     study = optuna.load_study(study_name="compat", storage=f"sqlite:///{workdir / 'optuna.db'}")
     best = study.best_trial
-    assert study.user_attrs["test_results"][str(best.number)]["value"] == expected[best.number]["value"]
+    assert study_attrs.test_results(study)[str(best.number)]["value"] == expected[best.number]["value"]

@@ -66,15 +66,16 @@ def test_unreachable_storage_is_named_without_its_password(tmp_path):
 def test_a_field_added_by_a_newer_hpsearch_does_not_block_an_older_study(tmp_path):
     # A study stored before `evaluation.final_metric` and `evaluation.finetune` existed.
     from hpsearch.config.schema import StudyConfig
-    from hpsearch.study.stored_config import CONFIG_ATTR, ConfigChanged, check_unchanged, store_config
+    from hpsearch.config.study_attrs import keep_study_config, study_config
+    from hpsearch.study.stored_config import ConfigChanged, check_unchanged, store_config
 
     cfg = StudyConfig.model_validate(tiny_study(tmp_path))
     study = optuna.create_study()
     store_config(study, cfg)
-    older = study.user_attrs[CONFIG_ATTR]
+    older = study_config(study)
     older["evaluation"].pop("final_metric")
     older["evaluation"].pop("finetune")
-    study.set_user_attr(CONFIG_ATTR, older)
+    keep_study_config(study, older)
     check_unchanged(study, cfg, force=False)  # the new fields at their defaults: no change
     with pytest.raises(ConfigChanged, match=r"\+evaluation.final_metric: 'knn'"):
         check_unchanged(study, cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"final_metric": "knn"})}),

@@ -4,6 +4,7 @@ import optuna
 import pytest
 
 import hpsearch
+from hpsearch.config.study_attrs import proxy_history
 from tests.helpers import tiny_study
 
 
@@ -26,7 +27,7 @@ def test_study_holds_the_requested_finished_trials(finished_study):
     assert len(study.trials) == 3 and len(trials) == 3
     assert all(0.0 <= t.value <= 1.0 for t in trials)
     # Every proxy at every evaluation stays with the trial (for calibration and pruners).
-    history = trials[0].user_attrs["proxy_history"]
+    history = proxy_history(trials[0])
     assert [h["epoch"] for h in history] == [1, 2]
     assert {"knn_accuracy", "rankme", "alpha_req", "ssl_loss"} <= set(history[0])
     assert 0.0 < study.user_attrs["random_init_linear_probe"] <= 1.0  # the baseline is measured and kept

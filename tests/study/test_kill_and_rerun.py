@@ -18,6 +18,7 @@ import yaml
 
 import hpsearch
 from hpsearch.study.console import Console
+from hpsearch.config.study_attrs import proxy_history
 from hpsearch.study.interrupt import Interrupted
 from hpsearch.training import checkpoint
 from tests.helpers import run_cli, tiny_study
@@ -133,7 +134,7 @@ def test_a_stop_between_checkpoints_checkpoints_what_was_recorded(tmp_path, mlfl
     run_id = study.trials[-1].user_attrs["mlflow_run_id"]
     assert run_id == trial.user_attrs["mlflow_run_id"]
     assert logged_steps(mlflow_client(tmp_path / "runs"), run_id) == [1, 2, 3, 4]  # 3 once
-    history = study.trials[-1].user_attrs["proxy_history"]
+    history = proxy_history(study.trials[-1])
     assert {h["epoch"]: h["knn_accuracy"] for h in history} == study.trials[-1].intermediate_values
 
 

@@ -11,6 +11,7 @@ from tests.helpers import tiny_study
 from hpsearch.data import load_splits
 from hpsearch.training.online_probe import OnlineProbe
 from hpsearch.training.pretrain import Pretraining
+from hpsearch.config.study_attrs import proxy_history
 from hpsearch.config.schema import AugmentConfig, ProjectorConfig, StudyConfig
 from objectives import METHODS
 
@@ -57,7 +58,7 @@ def test_unlabelled_images_are_skipped():
 
 def test_its_accuracy_is_a_proxy_kept_with_the_trial(tmp_path):
     study = hpsearch.run_study(tiny_study(tmp_path / "runs", n_trials=1))
-    history = study.trials[0].user_attrs["proxy_history"]
+    history = proxy_history(study.trials[0])
     assert all(0 <= entry["online_linear_accuracy"] <= 1 for entry in history)
 
 

@@ -1,42 +1,28 @@
-"""`hpsearch report NAME`: a study's trials by state, its best trial, and how well each proxy predicted
-the final metric so far (the calibration table of hpsearch.pruning.calibration, which the
-`calibrated` pruner acts on and the study's MLflow parent run keeps as `calibration/` artifacts)."""
+"""`hpsearch report NAME --test`: the best trials (by validation value) measured on the test split."""
 
 from __future__ import annotations
 
 import optuna
 
-from hpsearch.pruning.calibration import calibration_records, calibration_text
-
-
-def study_report(study: optuna.Study) -> str:
-    trials = study.get_trials(deepcopy=False)
-    states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
-    counts = ", ".join(f"{n} {name.lower()}" for name, n in states.items() if n)
-    head = f"study {study.study_name!r}: {counts or 'no trials'}"
-    if states["COMPLETE"]:
-        head += f"; best trial {study.best_trial.number}: {study.best_value:.4f}"  # in the study's direction
-    return head + "\n\n" + calibration_text(calibration_records(trials))
-
 
 def test_report(study: optuna.Study, *, top: int | None = None, workdir: str | None = None) -> str:
-    """`hpsearch report NAME --test`: measure the best `top` trials (by validation value) on the test
-    split, those not measured yet, from their kept checkpoints, and list validation next to test.
-    Needs the study's data and checkpoints where the study kept them; logs to its MLflow run unless
-    the tracking URI's password is not at hand."""
+    """Measure the best `top` trials (by validation value) on the test split, those not measured yet,
+    from their kept checkpoints, and list validation next to test. Needs the study's data and
+    checkpoints where the study kept them; logs to its MLflow run unless the tracking URI's password
+    is not at hand."""
     from pathlib import Path
 
     from hpsearch.config.schema import StudyConfig
     from hpsearch.data import load_splits
+    from hpsearch.report.sources import tracking_uri_of
     from hpsearch.study.on_test import RANDOM_INIT, chosen_trials, measure_on_test
-    from hpsearch.study.runner import checkpoint_root_of
+    from hpsearch.study.session import checkpoint_root_of
+    from hpsearch.study.stored_config import method_study_config
     from hpsearch.study.studyfile import StudyFileError
     from hpsearch.tracking.tracker import Tracker
     from hpsearch.training.pretrain import resolve_device
 
-    stored = study.user_attrs.get("hpsearch_config")
-    if stored is None:
-        raise StudyFileError(f"study {study.study_name!r} was not created by hpsearch: nothing to measure on the test split")
+    stored = method_study_config(study, "nothing to measure on the test split")
     cfg = StudyConfig.model_validate({**stored, "storage": None, "workdir": workdir or stored["workdir"]})
     top = max(1, cfg.evaluation.test_top_k) if top is None else top
     root = Path(cfg.workdir).resolve()
@@ -46,7 +32,7 @@ def test_report(study: optuna.Study, *, top: int | None = None, workdir: str | N
     except (ValueError, OSError) as err:
         raise StudyFileError(f"study {cfg.name!r}: {err}") from None
     device = resolve_device(cfg.training.device)
-    uri = cfg.tracking.uri or f"sqlite:///{root / 'mlflow.db'}"
+    uri = tracking_uri_of(stored, workdir)
     tracker = None if "***" in uri else Tracker(uri, cfg.tracking.experiment or cfg.name, root / "mlartifacts")
     lines: list[str] = []
     results = measure_on_test(study, cfg, splits.to(device), device, checkpoint_root, top, tracker=tracker,
