@@ -143,9 +143,7 @@ class Trial:
                 stop_trial(self._trial, epoch, f"diverged: {bad} at epoch {epoch}")
         self._trial.set_user_attr("epochs_trained", epoch)
         if self.proxy in values:
-            with warnings.catch_warnings():  # a step a retry inherited is ignored by Optuna, as wanted
-                warnings.simplefilter("ignore")
-                self._trial.report(values[self.proxy], epoch)
+            self._report(epoch, values[self.proxy])
             keep_proxy_history(self._trial, self._history())
             if self._cfg.pruning.warmup_epochs <= epoch < self.epochs:
                 reported = {e: m[self.proxy] for e, m in sorted(self._recorded.items()) if self.proxy in m}
@@ -159,6 +157,11 @@ class Trial:
         self._recorded[epoch] = values
         self._run.log_metrics(values, step=epoch)
         self._session.console.epoch(self._trial.number, epoch, values)
+
+    def _report(self, epoch: int, value: float) -> None:
+        with warnings.catch_warnings():  # a step a retry inherited is ignored by Optuna, as wanted
+            warnings.simplefilter("ignore")
+            self._trial.report(value, epoch)
 
     def _history(self) -> list[dict]:
         return [{"epoch": e, **m} for e, m in sorted(self._recorded.items()) if self.proxy in m]
@@ -181,11 +184,9 @@ class Trial:
             if missing:
                 self._run.log_metrics(missing, step=epoch)
             if self.proxy in values:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self._trial.report(values[self.proxy], epoch)
-        if self._history():
-            keep_proxy_history(self._trial, self._history())
+                self._report(epoch, values[self.proxy])
+        if history := self._history():
+            keep_proxy_history(self._trial, history)
 
 
 def _run_own_trial(trial: optuna.Trial, objective: Callable[[Trial], float], session: Session) -> float:

@@ -9,7 +9,6 @@ in what a trial does; both open a Session and hand it their objective.
 from __future__ import annotations
 
 import fcntl
-import gc
 import logging
 import warnings
 from contextlib import contextmanager
@@ -154,7 +153,6 @@ def open_session(cfg: StudyConfig, text: str | None, label: str, device: object,
     session.retry_dead_here()
     session.console.line(f"study {cfg.name!r}: {session.finished()}/{cfg.n_trials} trials finished, training on {device}")
     session.console.line(f"  optuna storage {mask(storage_url)}, MLflow {mask(tracking_uri)}")
-    gc.collect()
     return session
 
 
