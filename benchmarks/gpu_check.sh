@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU check of hpsearch (issue 14): what the CPU test suite cannot show, in under 8 minutes.
+# The GPU check of hpsearch (issue 14): what the CPU test suite cannot show, in under 10 minutes.
 #
 #   benchmarks/gpu_check.sh [OUTDIR]        # OUTDIR defaults to $OUT, else ./gpu-check-<time>
 #   GPU_CHECK_DEVICE=cpu benchmarks/gpu_check.sh /tmp/x   # dry run of the script itself, tiny sizes
+#   GPU_CHECK_STEPS="env data ddp" benchmarks/gpu_check.sh  # only these steps
 #
-# Steps (each with its own time limit; the limits add up to 470 s; one failing step does not stop
+# Steps (each with its own time limit; the limits add up to 590 s; one failing step does not stop
 # the others, and the script exits non-zero if any failed):
 #   env         torch, CUDA, GPU, native bf16 (what training.precision: auto picks), nvidia-smi
 #   data        the shared CIFAR-10 JPEG archive (../shared/data) extracted to a temporary folder
@@ -16,6 +17,10 @@
 #   resume      a CIFAR-10 study on CUDA sent SIGTERM after its first checkpoint (exit 143), then
 #               the same command again: the trial continues from its checkpoint and completes
 #   study       a short CIFAR-10 study with ResNet-18 (3 trials), then `hpsearch report`
+#   workers     `hpsearch run --workers 2` (issue 13): two worker processes, GPUs assigned
+#               round-robin (--trials-per-gpu 2 when there is one GPU), exactly 2 finished trials
+#   ddp         one trial on 2 GPUs (training.devices: 2, NCCL), reported, checkpointed once and
+#               complete; skipped with a line (not failed) on a machine with one GPU
 # Everything lands in OUTDIR: <step>.log for each step, the figures as <step>.json where a step
 # measures something, and summary.txt (one line per step: status, seconds, headline figures).
 set -euo pipefail
@@ -54,6 +59,8 @@ export BACKBONE PRETRAIN PROBE EVAL EPOCHS BATCH TRIALS RESUME_EPOCHS ROOT OUTDI
 # append its outcome and headlines (the log's lines starting with "figure:") to the summary.
 run_step() {
   local name="$1" limit=$(( $2 * LIMIT_SCALE )) fn="$3" start rc status
+  # GPU_CHECK_STEPS="env data workers" runs only those steps (a rerun of what failed).
+  if [[ -n "${GPU_CHECK_STEPS:-}" && " $GPU_CHECK_STEPS " != *" $name "* ]]; then return 0; fi
   start=$(date +%s)
   echo "== $name (limit ${limit}s)"
   set +e
@@ -264,7 +271,42 @@ print(f"figure: {len(done)}/{len(trials)} trials complete, best value {best['val
 EOF
 }
 
-export -f py step_env step_data step_gpu_tests step_throughput step_augment study_file step_resume step_study
+step_workers() {
+  local file="$OUTDIR/workers.yaml" gpus per_gpu=1
+  study_file "$file" workers 2 "$EPOCHS"
+  gpus=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+  [[ "$gpus" -ge 2 ]] || per_gpu=2
+  py -m hpsearch run "$file" --workers 2 --trials-per-gpu "$per_gpu" | tee "$OUTDIR/workers-run.log"
+  py - "$SCRATCH/runs-workers/optuna.db" "$gpus" <<'EOF'
+import sys, optuna
+study = optuna.load_study(study_name="workers", storage=f"sqlite:///{sys.argv[1]}")
+finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED") and not t.user_attrs.get("surplus")]
+workers = {t.user_attrs["worker"]["pid"] for t in finished}
+assert len(finished) == 2, [(t.number, t.state.name) for t in study.trials]
+print(f"figure: --workers 2 on {sys.argv[2]} GPU(s): {len(finished)} trials finished by {len(workers)} worker process(es)")
+EOF
+}
+
+step_ddp() {
+  local file="$OUTDIR/ddp.yaml" gpus
+  gpus=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+  if [[ "$DEVICE" == cuda && "$gpus" -lt 2 ]]; then
+    echo "figure: skipped: a DDP trial needs 2 GPUs, this machine has $gpus"; return 0
+  fi
+  study_file "$file" ddp 1 "$EPOCHS"
+  sed -i 's/^training: {/training: {devices: 2, /' "$file"
+  py -m hpsearch run "$file" | tee "$OUTDIR/ddp-run.log"
+  py - "$SCRATCH/runs-ddp/optuna.db" <<'EOF'
+import sys, optuna
+study = optuna.load_study(study_name="ddp", storage=f"sqlite:///{sys.argv[1]}")
+trial = study.trials[-1]
+assert trial.state.name == "COMPLETE", trial.state
+assert len(trial.intermediate_values) >= 1, trial.intermediate_values
+print(f"figure: DDP trial on 2 ranks: {trial.state.name}, value {trial.value:.4f}, {len(trial.intermediate_values)} reports")
+EOF
+}
+
+export -f py step_env step_data step_gpu_tests step_throughput step_augment study_file step_resume step_study step_workers step_ddp
 start=$(date +%s)
 run_step env 15 step_env
 if [[ $FAILED -gt 0 ]]; then echo "stopping: no usable device" | tee -a "$SUMMARY"; exit 1; fi
@@ -274,6 +316,8 @@ run_step throughput 60 step_throughput
 run_step augment 30 step_augment
 run_step resume 90 step_resume
 run_step study 135 step_study
+run_step workers 60 step_workers
+run_step ddp 60 step_ddp
 echo "total $(( $(date +%s) - start ))s, $FAILED step(s) failed" >> "$SUMMARY"
 cat "$SUMMARY"
 [[ $FAILED -eq 0 ]]

@@ -26,3 +26,20 @@ def finished_tiny_study(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("finished") / "runs"
     hpsearch.run_study(tiny_study(workdir, **{"recovery.heartbeat_interval": 1, "recovery.grace_period": 1}))
     return workdir
+
+
+@pytest.fixture
+def pg_study_name(request):
+    """A study name of its own on the local PostgreSQL, deleted after the test."""
+    import uuid
+
+    import optuna
+
+    from tests.helpers import POSTGRES
+
+    name = f"{request.node.name[:20]}-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=POSTGRES)
+    except KeyError:  # the test failed before the study was made
+        pass

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"  # the local server: trust auth, as in CI
 QUICKSTART = ROOT / "studies" / "quickstart.yaml"
 
 
@@ -117,3 +118,21 @@ def stop_group(server: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def postgres_available(url: str = POSTGRES) -> bool:
+    """Whether the PostgreSQL server the multi-worker tests need answers at `url`."""
+    import optuna
+
+    try:
+        optuna.storages.RDBStorage(url)
+        return True
+    except Exception:
+        return False
+
+
+def needs_postgres(url: str = POSTGRES):
+    """Skip a test (or, as `pytestmark`, a module) when PostgreSQL is not running."""
+    import pytest
+
+    return pytest.mark.skipif(not postgres_available(url), reason="PostgreSQL at 127.0.0.1:5432 is not running")

@@ -24,7 +24,8 @@ SCRIPTS = {  # script -> the start of the line that carries its figure
     "streaming_throughput.py": "ratio stream(2 workers)/memory:",
     "peak_memory.py": "| method |",
     "method_knn.py": "methods above the random-init kNN:",
-    "replay_pruners.py": "calibrated: epochs vs none",
+    "replay_pruners.py": "  calibrated: epochs ",
+    "workers_throughput.py": "ratio workers(2)/workers(1):",
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpsearch.cli import export, replay, report, run, status, ui
+from hpsearch.cli import export, replay, report, run, server, status, ui, worker
 from hpsearch.cli.errors import EXIT_BAD_INPUT
 
 __all__ = ["EXIT_BAD_INPUT", "build_parser", "main"]
@@ -17,11 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpsearch", description="Tune self-supervised pretraining with Optuna and MLflow.")
     commands = parser.add_subparsers(dest="command", required=True)
     run.add_commands(commands)
+    worker.add_command(commands)
     report.add_command(commands)
     replay.add_command(commands)
     export.add_command(commands)
     status.add_command(commands)
     ui.add_command(commands)
+    server.add_command(commands)
     return parser
 
 

@@ -7,7 +7,6 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,38 +48,31 @@ def _ui(args, argv: list[str]) -> int:
     ports = [args.port, *([args.dashboard_port] if args.dashboard else [])]
     if len(set(ports)) < len(ports):
         return bad_input(f"--port and --dashboard-port are both {args.port}: give the dashboard another")
-    busy = next((port for port in ports if _in_use(port)), None)
-    if busy is not None:
-        return bad_input(f"{HOST}:{busy} is in use: pick another port")
+    from hpsearch.tracking.server import bind_error, server_command, server_env
+
+    refused = next(filter(None, (bind_error(HOST, port) for port in ports)), None)
+    if refused is not None:
+        return bad_input(refused)
     try:
         dashboard = _dashboard_server(args.storage, args.workdir, args.dashboard_port) if args.dashboard else None
     except CannotStart as err:
         return bad_input(err)
-    mlflow, env = _mlflow_server(database, args.port, args.workers), _mlflow_env(args.with_jobs)
+    mlflow = server_command(f"sqlite:///{database}", HOST, args.port, args.workers)
+    env = server_env(with_jobs=args.with_jobs)
     print(f"MLflow UI on http://{HOST}:{args.port} (runs table: add #/experiments/<id>/runs?workflowType=machine_learning)",
           flush=True)
     if dashboard is None:
-        # exec, so the server is this process: Ctrl-C and a kill of `hpsearch ui` reach it directly.
-        os.execve(sys.executable, mlflow, env)
+        exec_server(mlflow, env)
     print(f"optuna-dashboard on http://{HOST}:{args.dashboard_port} (Ctrl-C stops both)", flush=True)
     return _supervise({"the MLflow UI": (mlflow, env),
                        "optuna-dashboard": (dashboard, dict(os.environ))})
 
 
-def _mlflow_server(database: Path, port: int, workers: int) -> list[str]:
-    # Through this interpreter, not `mlflow` on PATH: a venv's bin/hpsearch called by its full path
-    # must find the mlflow installed next to it.
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{database}",
-            "--host", HOST, "--port", str(port), "--workers", str(workers)]
-
-
-def _mlflow_env(with_jobs: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    if not with_jobs:
-        # MLflow 3.17 otherwise starts a job runner and 8 huey consumers for its GenAI features: with
-        # 4 web workers, 15 processes and ~3.2 GB for a small store; light, 2 processes and ~0.5 GB.
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    return env
+def exec_server(command: list[str], env: dict[str, str]):
+    """Become the server: Ctrl-C and a kill of this process reach it directly, and what it starts
+    (MLflow's uvicorn) it stops itself."""
+    sys.stdout.flush()
+    os.execve(command[0], command, env)
 
 
 class CannotStart(Exception):
@@ -104,16 +96,6 @@ def _dashboard_server(storage: str | None, workdir: str, port: int) -> list[str]
     # because `auto` picks gunicorn when installed (MLflow brings it): a master and a worker.
     return [sys.executable, "-m", "optuna_dashboard._cli", url, "--host", HOST, "--port", str(port),
             "--server", "wsgiref"]
-
-
-def _in_use(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
-        try:
-            probe.bind((HOST, port))
-        except OSError:
-            return True
-    return False
 
 
 def _supervise(servers: dict[str, tuple[list[str], dict[str, str]]]) -> int:

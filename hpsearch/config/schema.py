@@ -159,6 +159,8 @@ class TrainingConfig(Section):
                             "and newer), fp32 elsewhere; losses always in fp32; the CPU always trains in fp32")
     compile: bool = Field(False, description="torch.compile the backbone on CUDA (pays off on long GPU runs); "
                                              "ignored with a warning on the CPU, whose results stay bit-exact")
+    devices: int = Field(1, ge=1, description="processes (DDP ranks) that train one trial together: GPUs with NCCL, "
+                                              "CPU processes with gloo; the batch is split between them")
 
 
 class AugmentConfig(Section):
@@ -281,6 +283,8 @@ class SamplerConfig(Section):
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; null = sqlite:///<workdir>/mlflow.db")
     experiment: str | None = Field(None, description="MLflow experiment; null = the study name")
+    retry_seconds: float = Field(300, ge=0, description="how long a trial waits for an unreachable MLflow server "
+                                                         "(retrying with backoff) before it stops, resumable")
 
 
 class RecoveryConfig(Section):
@@ -292,6 +296,8 @@ class RecoveryConfig(Section):
     heartbeat_interval: int = Field(30, gt=0, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, gt=0, description="seconds without heartbeat before a trial counts as dead")
     max_retries: int = Field(2, ge=0, description="retries of a trial whose worker died or was interrupted")
+    storage_retry_seconds: float = Field(120, ge=0, description="how long a call to an unreachable Optuna storage "
+                                                                "is retried (with backoff) before the worker stops, resumable")
 
 
 class ParamSpec(Section):

@@ -70,6 +70,7 @@ class CalibratedPruner(optuna.pruners.BasePruner):
         self.margin, self.method_param, self.n_bootstrap, self.seed = margin, method_param, n_bootstrap, seed
         self.reasons: dict[int, str] = {}  # trial number -> why it was pruned (read by the trial loop)
         self._cache: tuple[int, list[_Finished]] | None = None
+        self._judges: dict[tuple, tuple[str, "_Lines"] | None] = {}  # estimate()'s proxy and lines, per calibration
 
     # -- Optuna's interface -------------------------------------------------------------------
 
@@ -116,13 +117,50 @@ class CalibratedPruner(optuna.pruners.BasePruner):
             return True
         return False
 
-    def _calibrated_rule(self, trial: FrozenTrial, step: int, sign: float, finished: list[_Finished]) -> str | None:
+    def estimate(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
+        """P(final >= the top-k bar - margin) of a stopped (paused) trial, as the calibration stands
+        now: from the proxy that ranks the finished trials best at the trial's last step, within its
+        method when enough of it finished. None until `min_trials` finished, or when no proxy is
+        trusted at that step: then the calibration cannot re-judge it. No extrapolation: a thaw
+        policy re-judges every paused trial each time the finished trials change."""
+        step = trial.last_step
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        finished = self._finished(study, sign)
+        if step is None or len(finished) < self.min_trials:
+            return None
+        group, threshold = self._group_and_bar(trial, finished)
+        curves = proxy_curves(trial)
+        # The proxy to trust and its fitted lines depend on the group, the step and the proxies
+        # measured there, not on the trial's values: made once for all paused trials sharing them.
+        key = (len(finished), (trial.params.get(self.method_param),) if group is not finished else None, step,
+               tuple(sorted(p for p, c in curves.items() if step in c)))
+        if key not in self._judges:
+            choice = _best_proxy(curves, step, group, self.min_trials, self.min_rho)
+            rng = np.random.default_rng([self.seed, step, len(finished), len(group)])
+            lines = None if choice is None else _bootstrap_lines(group, choice[0], step, self.n_bootstrap, rng)
+            self._judges[key] = None if lines is None else (choice[0], lines)
+        judge = self._judges[key]
+        if judge is None:
+            return None
+        proxy, lines = judge
+        return lines.probability_above(curves[proxy][step], threshold)
+
+    def finished_count(self, study: optuna.Study) -> int:
+        """How many finished trials the calibration rests on now (estimates change only with it)."""
+        return len(self._finished(study, 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0))
+
+    def _group_and_bar(self, trial: FrozenTrial, finished: list[_Finished]) -> tuple[list[_Finished], float]:
+        """The finished trials a trial is judged against (its method's when enough), and the bar."""
         method = trial.params.get(self.method_param)
         same = [f for f in finished if f.method == method]
         group = same if len(same) >= self.min_trials else finished
         # The bar: the top_k-th best final so far, less `margin` (the final metric's own noise:
         # a trial that would end within it of the bar is as good as in the top k).
         threshold = sorted((f.final for f in finished), reverse=True)[min(self.top_k, len(finished)) - 1] - self.margin
+        return group, threshold
+
+    def _calibrated_rule(self, trial: FrozenTrial, step: int, sign: float, finished: list[_Finished]) -> str | None:
+        group, threshold = self._group_and_bar(trial, finished)
         curves = proxy_curves(trial)
         choice = _best_proxy(curves, step, group, self.min_trials, self.min_rho)
         if choice is None:
@@ -197,14 +235,31 @@ def _best_proxy(curves: dict[str, dict[int, float]], step: int, group: list[_Fin
 
 def _probability_above(group: list[_Finished], proxy: str, step: int, value, threshold: float, n_bootstrap: int,
                        rng: np.random.Generator) -> float:
-    """P(final >= threshold) for a trial whose proxy reads `value` at `step` (a number, or samples of it).
+    """P(final >= threshold) for a trial whose proxy reads `value` at `step` (a number, or samples of it)."""
+    lines = _bootstrap_lines(group, proxy, step, n_bootstrap, rng)
+    return 1.0 if lines is None else lines.probability_above(value, threshold)
 
-    A line final = a + b * proxy is fitted to the finished trials; its uncertainty comes from
-    refitting on trials drawn with replacement, plus one residual of the refit per draw.
-    """
+
+@dataclass(frozen=True)
+class _Lines:
+    """Draws of final = intercept + slope * proxy (+ one residual each) over a group of finished trials."""
+
+    intercept: np.ndarray
+    slope: np.ndarray
+    noise: np.ndarray
+
+    def probability_above(self, value, threshold: float) -> float:
+        at = np.resize(np.asarray(value, float), len(self.slope))
+        return float(np.mean(self.intercept + self.slope * at + self.noise >= threshold))
+
+
+def _bootstrap_lines(group: list[_Finished], proxy: str, step: int, n_bootstrap: int,
+                     rng: np.random.Generator) -> _Lines | None:
+    """A line final = a + b * proxy fitted to the finished trials; its uncertainty comes from refitting
+    on trials drawn with replacement, plus one residual of the refit per draw. None under 3 trials."""
     pairs = np.array([(f.curves[proxy][step], f.final) for f in group if step in f.curves.get(proxy, {})])
     if len(pairs) < 3:
-        return 1.0
+        return None
     x, y = pairs[:, 0], pairs[:, 1]
     picks = rng.integers(0, len(x), size=(n_bootstrap, len(x)))
     xs, ys = x[picks], y[picks]
@@ -214,6 +269,4 @@ def _probability_above(group: list[_Finished], proxy: str, step: int, value, thr
     intercept = y_mean - slope * x_mean
     residuals = ys - (intercept + slope * xs)
     noise = residuals[np.arange(n_bootstrap), rng.integers(0, len(x), size=n_bootstrap)]
-    at = np.resize(np.asarray(value, float), n_bootstrap)
-    predicted = intercept[:, 0] + slope[:, 0] * at + noise
-    return float(np.mean(predicted >= threshold))
+    return _Lines(intercept[:, 0], slope[:, 0], noise)

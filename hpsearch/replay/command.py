@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from hpsearch.replay import DEFAULT_STRATEGIES, SAMPLERS, STRATEGY_NAMES
+from hpsearch.replay import COSTS, DEFAULT_STRATEGIES, SAMPLERS, STRATEGY_NAMES
 
 
 def add_command(commands) -> argparse.ArgumentParser:
@@ -24,6 +24,9 @@ def add_command(commands) -> argparse.ArgumentParser:
     replay.add_argument("--gap", type=_non_negative, default=1.0,
                         help="target: a finished trial within this many points (0.01) of the best (default 1)")
     replay.add_argument("--sampler", choices=SAMPLERS, default="random", help="how configurations are proposed")
+    replay.add_argument("--cost", choices=COSTS, default="epochs",
+                        help="what an epoch costs: 1, or the seconds it took when recorded (budgets, regret and "
+                             "'epochs to target' then count seconds)")
     replay.add_argument("--jobs", type=_positive, default=1, help="processes running the simulations (default 1)")
     replay.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     replay.add_argument("--plot", help="also write regret against budget to this image file (.png, .svg)")
@@ -87,8 +90,8 @@ def replay_command(args) -> int:
             print(f"\rreplaying {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
     runs = replay(table, strategies, seeds=args.seeds, workers=args.workers, gap=args.gap, sampler=args.sampler,
-                  jobs=args.jobs, progress=progress)
-    summary = summarize(table, runs)
+                  jobs=args.jobs, cost=args.cost, progress=progress)
+    summary = summarize(table, runs, args.cost)
     if args.json:
         print(json.dumps(summary, allow_nan=False))
     else:

@@ -1,5 +1,7 @@
 """The pruning strategies a replay compares, by name. Each is a real Optuna pruner acting on what a
-trial reports (the table's primary proxy, step = epoch), built fresh for every simulated study."""
+trial reports (the table's primary proxy, step = epoch), built fresh for every simulated study;
+the reversible ones (`asha_thaw`, `calibrated_thaw`) pause instead of killing and come with the
+thaw policy that decides, when a worker is free, whether to continue a paused trial."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.pruning.calibrated import CalibratedPruner
+from hpsearch.pruning.rungs import RungPruner
+from hpsearch.pruning.thaw import CalibratedThaw, RungThaw
 from hpsearch.replay import STRATEGY_NAMES
 
 
@@ -29,7 +33,29 @@ class TopKAfterFirstStep(optuna.pruners.BasePruner):
         return better >= self.k
 
 
-def _strategies(epochs: int) -> dict[str, Callable[[int], optuna.pruners.BasePruner]]:
+Strategy = tuple[optuna.pruners.BasePruner, "RungThaw | None"]
+
+# The thaw strategies' defaults, chosen on benchmarks/tables/cifar10_record.json.gz (the first
+# recording) and reported on cifar10_record2 (benchmarks/replay_pruners.py).
+THAW_DEFAULTS = {"reduction_factor": 5, "p_thaw": 0.5, "p_skip": 0.0}
+
+
+def _rung_pruner() -> RungPruner:
+    return RungPruner(reduction_factor=THAW_DEFAULTS["reduction_factor"])
+
+
+def _asha_thaw(seed: int) -> Strategy:
+    pruner = _rung_pruner()
+    return pruner, RungThaw(pruner)
+
+
+def _calibrated_thaw(seed: int) -> Strategy:
+    pruner = _rung_pruner()
+    return pruner, CalibratedThaw(pruner, CalibratedPruner(seed=seed), p_thaw=THAW_DEFAULTS["p_thaw"],
+                                  p_skip=THAW_DEFAULTS["p_skip"])
+
+
+def _strategies(epochs: int) -> dict[str, Callable[[int], optuna.pruners.BasePruner | Strategy]]:
     return {
         "none": lambda seed: optuna.pruners.NopPruner(),
         "median": lambda seed: optuna.pruners.MedianPruner(n_startup_trials=5),
@@ -38,14 +64,18 @@ def _strategies(epochs: int) -> dict[str, Callable[[int], optuna.pruners.BasePru
         "hyperband": lambda seed: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3),
         "top5_after_1": lambda seed: TopKAfterFirstStep(5),
         "calibrated": lambda seed: CalibratedPruner(seed=seed),
+        "asha_thaw": _asha_thaw,
+        "calibrated_thaw": _calibrated_thaw,
     }
 
 
 assert tuple(_strategies(1)) == STRATEGY_NAMES, "hpsearch/replay/__init__.py lists the strategy names"
 
 
-def make_pruner(name: str, epochs: int, seed: int) -> optuna.pruners.BasePruner:
+def make_strategy(name: str, epochs: int, seed: int) -> Strategy:
+    """(the pruner, the thaw policy or None) of a strategy, fresh for one simulated study."""
     try:
-        return _strategies(epochs)[name](seed)
+        made = _strategies(epochs)[name](seed)
     except KeyError:
         raise ValueError(f"unknown strategy {name!r}; expected some of: {', '.join(STRATEGY_NAMES)}") from None
+    return made if isinstance(made, tuple) else (made, None)

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config.study_attrs import HISTORY_ATTR, proxy_history
 from hpsearch.study.owner import OWNER_ATTR, died_here
+from hpsearch.study.surplus import SURPLUS_ATTR
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # What a retry does not take over from the trial it replaces: how and where that one ended.
@@ -39,10 +40,10 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int, count_
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Finished trials that count toward `n_trials`: a failed trial that was retried does not count,
-    its retry does (once it finishes)."""
+    its retry does (once it finishes); a surplus trial (hpsearch.study.surplus) never does."""
     trials = study.get_trials(deepcopy=False)
     replaced = replaced_numbers(trials)
-    return [t for t in trials if t.state in FINISHED and t.number not in replaced]
+    return [t for t in trials if t.state in FINISHED and t.number not in replaced and not t.user_attrs.get(SURPLUS_ATTR)]
 
 
 def replaced_numbers(trials: list[FrozenTrial]) -> set[int]:

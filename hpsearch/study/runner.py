@@ -21,6 +21,7 @@ from hpsearch.study.stored_config import method_study_config
 from hpsearch.study.studyfile import StudyFileError, load_study
 from hpsearch.study.trial import TrialContext, run_trial
 from hpsearch.tracking.urls import mask
+from hpsearch.training.distributed import check_devices
 from hpsearch.training.pretrain import Pretraining, resolve_device
 
 __all__ = ["checkpoint_root_of", "locate_study", "resume_study", "run_study"]
@@ -46,6 +47,10 @@ def run_study(source: str | Path | dict | StudyConfig, *, sets: list[str] | dict
     except (ValueError, OSError) as err:
         raise StudyFileError(f"{label}: {err}") from None
     device = resolve_device(cfg.training.device)
+    try:  # too few GPUs for training.devices: say so once, before the study starts
+        check_devices(device, cfg.training.devices)
+    except ValueError as err:
+        raise StudyFileError(f"{label}: {err}") from None
     splits = splits.to(device)
     session = open_session(cfg, text, label, device, force=force, console=console)
     study = session.study

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,11 +25,16 @@ from hpsearch.evaluation import FINAL_METRIC_KEYS
 from hpsearch.figures.publish import publish_report
 from hpsearch.pruning.calibration import calibration_json, calibration_records, calibration_text
 from hpsearch.study.console import Console, best, counts
+from hpsearch.study.finalise import claim_finalisation, finalisation, is_worker, worker_id
 from hpsearch.study.interrupt import Interrupted, StopRequest
 from hpsearch.study.owner import OWNER_ATTR, is_this_process
+from hpsearch.study.parent_run import study_parent_run
 from hpsearch.study.retry import fail_dead_here, finished_trials, replaced_numbers, requeue
+from hpsearch.study.shared_root import check_shared_root
 from hpsearch.study.storage import connect, open_study
+from hpsearch.study.surplus import SURPLUS_ATTR, Surplus, end_if_surplus
 from hpsearch.study.stored_config import check_unchanged, config_yaml, store_config, without_secrets
+from hpsearch.tracking.outage import TrackingUnavailable
 from hpsearch.tracking.tracker import Tracker
 from hpsearch.tracking.urls import mask
 from hpsearch.training import checkpoint
@@ -51,39 +57,106 @@ class Session:
     tracking_uri: str
     on_stale: Callable
     stop: StopRequest = field(default_factory=StopRequest)
+    surplus: set[int] = field(default_factory=set)  # numbers of the surplus trials this worker ended
 
     def finished(self) -> int:
         return len(finished_trials(self.study))
 
     def run(self, objective: Callable[[optuna.Trial], float], at_end: Callable[[], None] | None = None) -> None:
-        """Run `objective` trial after trial until the total is reached; then `at_end` (the test split,
-        for instance), the report on the parent run and the final table. Raises Interrupted after
-        SIGINT/SIGTERM, with this process's interrupted trial queued to continue on the next run."""
+        """Run `objective` trial after trial until the study's trials are all taken (by this worker or
+        others); then, in the one worker that ends the study, `at_end` (the test split, for instance),
+        the report on the parent run and the final table. Raises Interrupted after SIGINT/SIGTERM,
+        with this process's interrupted trial queued to continue on the next run."""
         study, cfg = self.study, self.cfg
-        status = "FAILED"
+        before = finalisation(study)  # set already: this worker reopened a study that had ended
+        self.console.line(f"worker {worker_id()} on study {cfg.name}: {self.finished()}/{cfg.n_trials} finished")
+        ended = None  # how this worker ends the parent run, if it may
         try:
-            with self.stop, _quiet_interrupts(self.stop):
-                # Until the total is reached and no trial of a process that died on this host is left
-                # RUNNING (its retry runs first: Optuna takes queued trials before sampling).
-                done = self.finished()
-                while done < cfg.n_trials or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                    study.optimize(objective, callbacks=[self._after_trial],
-                                   catch=(Exception,))  # a failing trial is recorded as FAIL; the study goes on
-                    if not self.retry_dead_here():
-                        break
-                    done = self.finished()
-            status = "FINISHED"
-            if at_end is not None:
-                at_end()
-            # The report's plots and HTML page on the parent run (after the test figures, which it shows).
-            publish_report(self.tracker, self.study_run_id, study, finished_trials(study), say=self.console.line)
-        except Interrupted:
-            status = "KILLED"
+            with self.stop, _quiet_interrupts(self.stop, self.surplus):
+                # A failing trial is recorded as FAIL and the study goes on; a retry queued meanwhile
+                # (another worker died) keeps the loop going: Optuna takes queued trials first.
+                while self._work_left():
+                    study.optimize(self._with_a_place(objective), callbacks=[self._after_trial], catch=(Exception,))
+            finished = self.finished()
+            if not self._ended(finished):
+                self.console.line(self._left_to_others(finished))
+                return
+            won, holder = claim_finalisation(study, finished)
+            if not won and holder != before:
+                self.console.line(f"worker {worker_id()}: study {cfg.name} holds its {cfg.n_trials} trials; "
+                                  f"worker {holder['worker']} finalises it")
+                return
+            ended = "FINISHED"  # by the finaliser, or again by a worker that reopened an ended study
+            if won:
+                if at_end is not None:
+                    at_end()
+                # The report's plots and HTML page on the parent run (after the test figures, which it shows).
+                publish_report(self.tracker, self.study_run_id, study, finished_trials(study), say=self.console.line)
+            elif is_worker():  # `hpsearch run` shows an ended study's table again; a worker only says so
+                self.console.line(f"worker {worker_id()}: study {cfg.name} had ended already "
+                                  f"(finalised by worker {holder['worker']})")
+                return
+        except (Interrupted, TrackingUnavailable):  # stopped resumably: the trial continues on the next run
+            ended = "KILLED"
             _requeue_interrupted(study, cfg)
             raise
+        except BaseException:
+            ended = "FAILED"
+            raise
         finally:
-            self.tracker.end_study_run(self.study_run_id, status)
+            # A worker that stops while others still train leaves the parent run to them.
+            if ended == "FINISHED" or (ended is not None and not self._running_elsewhere()):
+                with suppress(TrackingUnavailable):  # MLflow gone: the run stays open, the study resumable
+                    self.tracker.end_study_run(self.study_run_id, ended)
         self.console.summary(study, _ui_hint(cfg, self.workdir, self.tracking_uri, self.tracker))
+
+    def _with_a_place(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+        """`objective`, for trials that have a place among the study's `n_trials` (hpsearch.study.surplus)."""
+        def trial_with_a_place(trial: optuna.Trial) -> float:
+            try:
+                end_if_surplus(trial, self.cfg.n_trials)
+            except Surplus:
+                self.surplus.add(trial.number)  # Optuna's warning about it is dropped
+                raise
+            return objective(trial)
+        return trial_with_a_place
+
+    def _work_left(self) -> bool:
+        """Whether this worker should take another trial: a retry waits, or the study's finished and
+        running trials fall short of the total. Dead workers' trials are failed and their retries
+        queued first: this host's at once, other hosts' after the heartbeat's grace period."""
+        optuna.storages.fail_stale_trials(self.study)
+        self.retry_dead_here()
+        pending = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        if any(t.state == TrialState.WAITING for t in pending):
+            return True
+        running = [t for t in pending if not t.user_attrs.get(SURPLUS_ATTR)]
+        return self.finished() + len(running) < self.cfg.n_trials
+
+    def _ended(self, finished: int) -> bool:
+        """The study holds its total and no trial runs or waits anywhere."""
+        return finished >= self.cfg.n_trials and not self.study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+
+    def _running_elsewhere(self) -> bool:
+        """Whether another worker still runs a trial of the study (when the storage cannot tell,
+        no: the parent run ends with this worker, as it would alone)."""
+        try:
+            return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        except Exception:
+            return False
+
+    def _left_to_others(self, finished: int) -> str:
+        """What a worker that stops before the study ended says."""
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        waiting = len(trials) - running
+        text = f"worker {worker_id()}: done, study {self.cfg.name} holds {finished}/{self.cfg.n_trials} finished"
+        if running:
+            text += f"; {running} trial(s) still running on other workers, the last of which finalises the study"
+        if waiting:
+            text += f"; {waiting} trial(s) wait to be continued: run a worker again"
+        return text
 
     def retry_dead_here(self) -> list:
         """Fail and retry the RUNNING trials whose process died on this host (see retry.fail_dead_here)."""
@@ -95,6 +168,15 @@ class Session:
         return dead
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if not trial.user_attrs.get(SURPLUS_ATTR):  # a surplus trial is not counted nor shown
+            self._record_finished(study, trial)
+        # Between trials, not only at the end: a trial whose worker died on this host is retried now,
+        # and this worker takes the retry next. Counted over the whole study, so that the workers stop
+        # once every trial is taken; a queued retry still runs, so that no configuration is left behind.
+        if not self._work_left():
+            study.stop()
+
+    def _record_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         n = counts(study)
         metrics = {"trials_complete": n["COMPLETE"], "trials_pruned": n["PRUNED"], "trials_failed": n["FAIL"]}
         top = best(study)
@@ -105,10 +187,6 @@ class Session:
             _log_calibration(self.tracker, self.study_run_id, study)
         _prune_checkpoints(study, self.checkpoint_root, self.cfg.recovery.keep_best)
         self.console.trial_finished(study, trial)
-        # Counted over the whole study, so several workers stop together; a queued retry still runs,
-        # so that no started configuration is left behind.
-        if sum(n.values()) >= self.cfg.n_trials and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            study.stop()
 
 
 def open_session(cfg: StudyConfig, text: str | None, label: str, device: object, *, force: bool = False,
@@ -138,12 +216,14 @@ def open_session(cfg: StudyConfig, text: str | None, label: str, device: object,
     study = open_study(cfg, storage)
     check_unchanged(study, cfg, force)
     store_config(study, cfg)
-    # Workers starting together on one machine: creating a SQLite MLflow backend races, and the
-    # study's parent run must be created once, so both happen under a lock in the work dir.
-    with _locked(workdir / ".hpsearch.lock"):
-        tracker = Tracker(tracking_uri, cfg.tracking.experiment or cfg.name, workdir / "mlartifacts")
-        study_run_id = tracker.study_run(cfg.name, study.user_attrs.get("mlflow_study_run_id"))
-        study.set_user_attr("mlflow_study_run_id", study_run_id)
+    check_shared_root(study, checkpoint_root)  # before any run is opened: retries read each other's checkpoints
+    # Workers starting together on one machine race to create a SQLite MLflow backend, so that
+    # happens under a lock in the work dir. The parent run needs more than a local lock (workers on
+    # other machines share the study): it is elected on the Optuna storage.
+    with _locked(workdir / ".hpsearch.lock") if tracking_uri.startswith("sqlite:") else nullcontext():
+        tracker = Tracker(tracking_uri, cfg.tracking.experiment or cfg.name, workdir / "mlartifacts",
+                          retry_seconds=cfg.tracking.retry_seconds)
+    study_run_id = study_parent_run(study, tracker, cfg.name)
     if text is not None:
         tracker.log_text(study_run_id, without_secrets(text, cfg), f"study/{Path(label).name}")
     tracker.log_text(study_run_id, config_yaml(study), "study/resolved_config.yaml")
@@ -178,12 +258,15 @@ def _requeue_interrupted(study: optuna.Study, cfg: StudyConfig) -> None:
 
 
 @contextmanager
-def _quiet_interrupts(stop: StopRequest):
+def _quiet_interrupts(stop: StopRequest, surplus: set[int]):
     """Optuna logs a trial stopped by SIGINT/SIGTERM as failed, with a traceback; hpsearch says what
     happened in one line instead, so Optuna's records are dropped once a stop was requested
-    (until then its warnings show as usual)."""
+    (until then its warnings show as usual). A surplus trial's failure is bookkeeping: dropped too."""
     def keep(record) -> bool:
-        return not (stop.requested or (record.exc_info and isinstance(record.exc_info[1], Interrupted)))
+        if stop.requested or (record.exc_info and isinstance(record.exc_info[1], (Interrupted, Surplus))):
+            return False
+        about = re.match(r"Trial (\d+) failed", record.getMessage())
+        return not (about and int(about[1]) in surplus)
 
     logger = logging.getLogger("optuna")
     logger.addFilter(keep)

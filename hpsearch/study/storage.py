@@ -10,23 +10,27 @@ import optuna
 from hpsearch.config.schema import StudyConfig
 from hpsearch.evaluation import FINAL_METRIC_KEYS
 from hpsearch.pruning.pruners import build_pruner
+from hpsearch.study.resilient_storage import ResilientRDBStorage, StorageLost
 from hpsearch.tracking.urls import mask
+
+__all__ = ["StorageError", "StorageLost", "connect", "open_study"]
 
 
 class StorageError(Exception):
-    """The Optuna storage cannot be reached; the message names the URL with the password masked."""
+    """The Optuna storage cannot be reached when the study opens; the message names the URL with the
+    password masked. (Lost later, during the study, it is StorageLost: resumable, not bad input.)"""
 
 
 def connect(cfg: StudyConfig, url: str, on_stale: Callable | None = None, attempts: int = 4) -> optuna.storages.RDBStorage:
     """RDB storage with a heartbeat, so a trial whose worker died is noticed (and `on_stale` called)
-    instead of staying RUNNING forever. Transient connection errors are retried with backoff."""
-    sqlite = url.startswith("sqlite")
-    # SQLite: wait for a lock instead of failing at once when several workers share the file.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    instead of staying RUNNING forever. Transient connection errors are retried with backoff: here,
+    a few times (StorageError: nothing has started yet); once connected, for up to
+    `recovery.storage_retry_seconds` per outage (StorageLost, see resilient_storage)."""
+    engine_kwargs = _engine_kwargs(url)
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs,
+            return ResilientRDBStorage(
+                url, retry_seconds=cfg.recovery.storage_retry_seconds, engine_kwargs=engine_kwargs,
                 heartbeat_interval=cfg.recovery.heartbeat_interval, grace_period=cfg.recovery.grace_period,
                 heartbeat_stale_trial_callback=on_stale,
             )
@@ -38,6 +42,21 @@ def connect(cfg: StudyConfig, url: str, on_stale: Callable | None = None, attemp
                 raise StorageError(f"storage {mask(url)}: cannot connect ({type(err).__name__}: {reason})") from None
             time.sleep(0.5 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+LIBPQ_DRIVERS = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # those that take connect_timeout
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # Wait for a lock instead of failing at once when several workers share the file (a lock is
+        # contention, not a lost connection: it is not retried as an outage).
+        return {"connect_args": {"timeout": 60}}
+    kwargs: dict = {"pool_pre_ping": True}  # a pooled connection the server dropped is replaced, not used
+    if url.split("://")[0] in LIBPQ_DRIVERS and "connect_timeout" not in url:
+        # A host that does not answer (rather than refuse) would hold each retry for the OS's TCP timeout.
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
 
 
 def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:

@@ -23,12 +23,14 @@ from hpsearch.evaluation import Evaluator
 from hpsearch.config.study_attrs import keep_proxy_history
 from hpsearch.pruning.heuristics import first_reason, rules_for
 from hpsearch.pruning.pruners import explain
+from hpsearch.study.ddp_trial import Solo, Team, open_team
 from hpsearch.study.interrupt import Interrupted, StopRequest
 from hpsearch.study.owner import OWNER_ATTR, this_worker
 from hpsearch.study.space import sample, with_values
+from hpsearch.tracking.outage import TrackingUnavailable
 from hpsearch.tracking.tracker import Tracker, TrialRun, flatten
 from hpsearch.training import checkpoint
-from hpsearch.training.pretrain import Diverged, Pretraining
+from hpsearch.training.pretrain import Diverged, EpochStats, Pretraining
 from objectives import METHODS
 
 # Config fields that are not hyperparameters (and may carry credentials): never logged as params.
@@ -84,6 +86,9 @@ def with_outcome(trial: optuna.Trial, run: TrialRun, train: Callable[[], float])
         trial.set_user_attr("interrupted", True)
         run.finish("INTERRUPTED", reason="interrupted; continues when the study is run again")
         raise
+    except TrackingUnavailable:  # MLflow away too long: nothing more can be written; continues on the next run
+        trial.set_user_attr("interrupted", True)
+        raise
     except Exception as err:
         reason = "oom" if _is_out_of_memory(err) else f"{type(err).__name__}: {err}"
         trial.set_user_attr("reason", reason)
@@ -114,9 +119,13 @@ def open_run(trial: optuna.Trial, tracker: Tracker, study_run_id: str, study_see
     """A retry continues the MLflow run of the trial it replaces (and its checkpoint directory and
     seed); a new trial starts one, with `params`."""
     run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id is not None:
-        return tracker.continue_trial_run(run_id, trial.number)
-    run = tracker.trial_run(study_run_id, trial.number, params, searched)
+    try:
+        if run_id is not None:
+            return tracker.continue_trial_run(run_id, trial.number)
+        run = tracker.trial_run(study_run_id, trial.number, params, searched)
+    except TrackingUnavailable:  # queued again by the session: the trial starts (or continues) on the next run
+        trial.set_user_attr("interrupted", True)
+        raise
     trial.set_user_attr("mlflow_run_id", run.run_id)
     trial.set_user_attr("checkpoint_key", f"trial-{trial.number}")
     trial.set_user_attr("seed", trial_seed(study_seed, trial.number))
@@ -124,43 +133,69 @@ def open_run(trial: optuna.Trial, tracker: Tracker, study_run_id: str, study_see
 
 
 def _train_and_evaluate(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, run: TrialRun) -> float:
-    """Pretrain epoch by epoch (from the checkpoint when there is one), record and report each
-    epoch, stop when the pruner or a heuristic says so; then measure the final metric."""
-    session = Pretraining(cfg, ctx.splits, ctx.device, trial.user_attrs["seed"])
-    evaluator = Evaluator.of(session)
-    saved = _Saved(ctx.checkpoint_root / trial.user_attrs["checkpoint_key"], session)
-    history, recorded = _resume(trial, run, saved, ctx)  # one entry of metrics per finished epoch
-    rules = rules_for(cfg.pruning.heuristics, METHODS[cfg.objective.method].collapse_check, ctx.random_init_knn)
-    epochs, every = cfg.training.epochs, cfg.evaluation.eval_every
-    while session.epoch < epochs:
-        epoch = session.epoch + 1
-        try:
-            metrics = _train_one_epoch(session, evaluator, evaluate=epoch % every == 0 or epoch == epochs,
-                                       stop=ctx.stop)
-        except Interrupted:
-            saved.write(history)
+    """Pretrain (this process alone, or as rank 0 of `training.devices` DDP processes), then
+    measure the final metric here."""
+    seed, directory = trial.user_attrs["seed"], ctx.checkpoint_root / trial.user_attrs["checkpoint_key"]
+    team = open_team(cfg, ctx.device, seed, directory)
+    session = None
+    try:
+        session = Pretraining(cfg, ctx.splits, ctx.device, seed, team.ranks)
+        evaluator = Evaluator.of(session)
+        _pretrain(trial, cfg, ctx, run, team, session, evaluator, _Saved(directory, session))
+    except RuntimeError as err:  # a collective broken by a follower that died says which, and why
+        explained = team.explained(err)
+        if explained is err:
             raise
-        except Diverged as err:
-            stop_trial(trial, epoch, f"diverged: {err}")
-        trial.set_user_attr("epochs_trained", epoch)
-        # An epoch trained again after a dead worker had recorded it keeps the values first recorded,
-        # which MLflow and Optuna hold (the retry inherited its reported curve).
-        history.append({"epoch": epoch, **metrics, **{k: v for k, v in recorded.get(epoch, {}).items() if k in metrics}})
-        # Checkpoint before recording: a worker killed in between re-records from the history
-        # (_catch_up), instead of recording an epoch it will train again.
-        if epoch % cfg.recovery.checkpoint_every == 0 or epoch == epochs:
-            saved.write(history)
-        _record(trial, run, history, ctx, recorded)
-        if "knn_accuracy" in metrics and epoch < epochs:
-            _prune_if_told(trial, cfg, rules, history)
-        if ctx.stop.requested:  # between checkpoints too: the recorded epochs must be in one
-            saved.write(history)
-            ctx.stop.check()
+        raise explained from err
+    finally:
+        if (points := team.close(session)) is not None:
+            trial.set_user_attr("ranks_stopped_at", points)  # each rank's last [epoch, step]: the same
     final = evaluator.final_metric(session.method.backbone)  # evaluation.final_metric, overall and per class
-    run.log_metrics(final.metrics(), step=epochs)
+    run.log_metrics(final.metrics(), step=cfg.training.epochs)
     trial.set_user_attr("worst_class", {"class": final.class_name(final.scores.worst_class),
                                         "accuracy": final.scores.worst_accuracy})
     return final.accuracy
+
+
+def _pretrain(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, run: TrialRun, team: Solo | Team,
+              session: Pretraining, evaluator: Evaluator, saved: "_Saved") -> None:
+    """Pretrain epoch by epoch (from the checkpoint when there is one), record and report each
+    epoch, stop when the pruner or a heuristic says so. With DDP followers, every rank trains each
+    epoch and stops at the same step when interrupted; then rank 0 alone evaluates, checkpoints,
+    records and decides, and the followers wait for its verdict."""
+    history, recorded = _resume(trial, run, saved, ctx, team)  # one entry of metrics per finished epoch
+    rules = rules_for(cfg.pruning.heuristics, METHODS[cfg.objective.method].collapse_check, ctx.random_init_knn)
+    epochs, every = cfg.training.epochs, cfg.evaluation.eval_every
+    stop = team.stop(ctx.stop)
+    while session.epoch < epochs:
+        epoch = session.epoch + 1
+        try:
+            stats = session.train_epoch(stop)
+        except Interrupted:
+            saved.write(history)
+            raise
+        except Diverged as err:  # the global loss: every rank stops here too
+            stop_trial(trial, epoch, f"diverged: {err}")
+        with team.verdict(go_on=epoch < epochs):
+            try:
+                metrics = _epoch_metrics(session, evaluator, stats, evaluate=epoch % every == 0 or epoch == epochs)
+            except Diverged as err:
+                stop_trial(trial, epoch, f"diverged: {err}")
+            trial.set_user_attr("epochs_trained", epoch)
+            # An epoch trained again after a dead worker had recorded it keeps the values first recorded,
+            # which MLflow and Optuna hold (the retry inherited its reported curve).
+            history.append({"epoch": epoch, **metrics,
+                            **{k: v for k, v in recorded.get(epoch, {}).items() if k in metrics}})
+            # Checkpoint before recording: a worker killed in between re-records from the history
+            # (_catch_up), instead of recording an epoch it will train again.
+            if epoch % cfg.recovery.checkpoint_every == 0 or epoch == epochs:
+                saved.write(history)
+            _record(trial, run, history, ctx, recorded)
+            if "knn_accuracy" in metrics and epoch < epochs:
+                _prune_if_told(trial, cfg, rules, history)
+            if ctx.stop.requested:  # between checkpoints too: the recorded epochs must be in one
+                saved.write(history)
+                ctx.stop.check()
 
 
 @dataclass
@@ -175,8 +210,8 @@ class _Saved:
                         {"training": self.session.state_dict(), "history": history})
 
 
-def _resume(trial: optuna.Trial, run: TrialRun, saved: _Saved,
-            ctx: TrialContext) -> tuple[list[dict], dict[int, dict[str, float]]]:
+def _resume(trial: optuna.Trial, run: TrialRun, saved: _Saved, ctx: TrialContext,
+            team: Solo | Team) -> tuple[list[dict], dict[int, dict[str, float]]]:
     """Continue from the newest checkpoint, if any (a retry, or a trial interrupted before): load the
     training state, record what the dead worker had not, and return the history so far with what
     MLflow holds of the epochs after the checkpoint (to be trained again, not recorded again)."""
@@ -186,6 +221,7 @@ def _resume(trial: optuna.Trial, run: TrialRun, saved: _Saved,
     history = [] if state is None else state["history"]
     if state is not None:
         saved.session.load_state_dict(state["training"])
+    team.resumed_from(saved.session, loaded=state is not None)  # DDP followers load the same file
     # Only a retry's run can hold epochs already: a new trial's run was just created (no query).
     logged = run.logged_steps("ssl_loss") if "retry_of" in trial.user_attrs else set()
     _catch_up(trial, run, history, logged)
@@ -236,9 +272,8 @@ def pruner_reason(trial: optuna.Trial, pruner_name: str, proxy_label: str, repor
     return explained or f"{pruner_name} pruner: {proxy_label} {reported[epoch]:.4f} at epoch {epoch}"
 
 
-def _train_one_epoch(session: Pretraining, evaluator: Evaluator, evaluate: bool, stop: StopRequest) -> dict[str, float]:
-    """Train one epoch and, when due, evaluate the proxies; raises Diverged or Interrupted."""
-    stats = session.train_epoch(stop)
+def _epoch_metrics(session: Pretraining, evaluator: Evaluator, stats: EpochStats, evaluate: bool) -> dict[str, float]:
+    """The epoch's training figures and, when due, the proxies; raises Diverged (NaN features)."""
     metrics = {"ssl_loss": stats.ssl_loss, "lr": stats.lr, "epoch_time_s": stats.epoch_time}
     if evaluate:
         metrics.update(evaluator.proxies(session.method, session.epoch))

@@ -2,17 +2,18 @@
 
 Everything goes through `MlflowClient` with explicit run ids (no fluent "active run" state), and
 each epoch's metrics are written in one `log_batch` call: single `log_metric` calls cost ~20 ms
-each on a SQLite backend.
+each on a SQLite backend. Every call is retried while the backend is away (outage.Outage), and
+raises TrackingUnavailable once it has been away for `tracking.retry_seconds`.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from hpsearch.tracking.metric_writer import MetricWriter
+from hpsearch.tracking.outage import Outage, use_http_client_defaults
 
 # Optuna state -> MLflow run status, so the runs table says what happened to each trial.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
@@ -35,30 +36,18 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 class Tracker:
     """The study's MLflow experiment; creates the backend (once, before any trial) on construction."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, artifact_root: Path):
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_root: Path, retry_seconds: float = 300):
+        remote = tracking_uri.startswith(("http://", "https://"))
+        if remote:
+            use_http_client_defaults()  # before the client makes its first request
         from mlflow.tracking import MlflowClient  # lazy: importing mlflow costs over a second
 
-        self.client = MlflowClient(tracking_uri)
+        self.client = RetryingClient(MlflowClient(tracking_uri), Outage(tracking_uri, retry_seconds))
         self.tracking_uri = tracking_uri
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            self.experiment_id = self.client.create_experiment(
-                experiment_name, artifact_location=(artifact_root / experiment_name).resolve().as_uri()
-            )
-        else:
-            self.experiment_id = experiment.experiment_id
-
-    def study_run(self, study_name: str, run_id: str | None) -> str:
-        """The study's parent run: `run_id` when it still exists (the study is continued), else a new one."""
-        if run_id is not None:
-            try:
-                self.client.update_run(run_id, status="RUNNING")
-                return run_id
-            except Exception:  # deleted, or another backend than the one that made it
-                pass
-        run = self.client.create_run(self.experiment_id, run_name=study_name,
-                                     tags={"hpsearch.study": study_name, "hpsearch.role": "study"})
-        return run.info.run_id
+        # A tracking server keeps artifacts where it was told to (`hpsearch server` proxies them):
+        # a path on this machine would be wrong for the server and for every other worker.
+        location = None if remote else (artifact_root / experiment_name).resolve().as_uri()
+        self.experiment_id = _experiment(self.client, experiment_name, location)
 
     def trial_run(self, parent_run_id: str, trial_number: int, params: dict[str, Any], searched: list[str]) -> "TrialRun":
         tags = {
@@ -108,6 +97,36 @@ class Tracker:
         return f"{host}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
 
 
+def _experiment(client, name: str, artifact_location: str | None) -> str:
+    """The id of experiment `name`, created when missing. Workers starting together on a shared
+    server race to create it: the loser reads the winner's back."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+class RetryingClient:
+    """An MlflowClient whose every method call goes through the backend's Outage: retried while
+    the backend is away, TrackingUnavailable once it has been away too long."""
+
+    def __init__(self, client, outage: Outage):
+        self.client, self.outage = client, outage
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self.client, name)
+        if not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: self.outage.call(lambda: attribute(*args, **kwargs))
+
+
 class RunReader:
     """Reads runs by id and creates nothing: a report on a study that ended long ago must not write
     to its tracking store (a Tracker creates the experiment it is given)."""
@@ -135,13 +154,14 @@ def log_metrics(client, run_id: str, metrics: dict[str, float], step: int, times
 
 class TrialRun:
     """The child run of one trial. Metrics go through a background MetricWriter: a locked or
-    unreachable backend delays them but never stops training or loses them."""
+    unreachable backend delays them but never stops training, and the end of the trial waits for
+    them. `client` is a RetryingClient (the Tracker's)."""
 
-    DRAIN_TIMEOUT_S = 300  # how long the end of a trial waits for MLflow to take its metrics
-
-    def __init__(self, client, run_id: str):
+    def __init__(self, client: RetryingClient, run_id: str):
         self.client, self.run_id = client, run_id
-        self.writer = MetricWriter(lambda metrics, step, stamp: log_metrics(client, run_id, metrics, step, stamp))
+        # The writer retries through the shared Outage itself, with the plain client under it.
+        self.writer = MetricWriter(lambda metrics, step, stamp: log_metrics(client.client, run_id, metrics, step, stamp),
+                                   client.outage)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -151,6 +171,7 @@ class TrialRun:
             self.client.log_batch(self.run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queued: returns at once. TrackingUnavailable when the backend has been away too long."""
         self.writer.put(metrics, step)
 
     def logged_steps(self, metric: str) -> set[int]:
@@ -167,33 +188,22 @@ class TrialRun:
         return found
 
     def log_text(self, text: str, name: str) -> None:
-        with_backoff(lambda: self.client.log_text(self.run_id, text, name))
+        self.client.log_text(self.run_id, text, name)
 
     def finish(self, state: str, reason: str | None = None, pruned_epoch: int | None = None) -> None:
-        """Write what is queued, tag the Optuna outcome and end the run with the matching status."""
+        """Write what is queued, tag the Optuna outcome and end the run with the matching status.
+        TrackingUnavailable when the backend stays away: the run is left as it is."""
         from mlflow.entities import RunTag
 
-        unwritten = self.writer.close(self.DRAIN_TIMEOUT_S)
-        if unwritten:
-            warnings.warn(f"MLflow run {self.run_id}: {unwritten} metric batches could not be written")
+        self.writer.close()
+        self.writer.raise_if_gave_up()  # what it still holds is in the trial's checkpoint
         tags = {"optuna.state": state}
         if reason:
             tags["hpsearch.reason"] = reason[:MAX_PARAM_CHARS]
         if pruned_epoch is not None:
             tags["hpsearch.pruned_epoch"] = str(pruned_epoch)
-        with_backoff(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
-        if not reason and "hpsearch.reason" in with_backoff(lambda: self.client.get_run(self.run_id)).data.tags:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if not reason and "hpsearch.reason" in self.client.get_run(self.run_id).data.tags:
             # A continued trial's run still says why it stopped the first time: no longer true.
-            with_backoff(lambda: self.client.delete_tag(self.run_id, "hpsearch.reason"))
-        with_backoff(lambda: self.client.set_terminated(self.run_id, status=RUN_STATUS[state]))
-
-
-def with_backoff(action, attempts: int = 6, first_delay: float = 0.5):
-    """Run `action`, retrying transient failures with exponential backoff (0.5 s, 1 s, 2 s, ...)."""
-    for attempt in range(attempts):
-        try:
-            return action()
-        except Exception:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(first_delay * 2**attempt)
+            self.client.delete_tag(self.run_id, "hpsearch.reason")
+        self.client.set_terminated(self.run_id, status=RUN_STATUS[state])

@@ -18,6 +18,7 @@ from hpsearch import augment
 from hpsearch.config.schema import StudyConfig
 from hpsearch.data import Splits, pretrain_batches
 from hpsearch.training.backbones import build_backbone
+from hpsearch.training.distributed import Ranks, SharedOnlineProbe
 from hpsearch.training.online_probe import OnlineProbe
 from hpsearch.training.optim import build_optimizer, warmup_cosine
 from objectives import METHODS
@@ -72,10 +73,14 @@ class Pretraining:
 
     All randomness (init, shuffling, augmentation) flows from `seed`, so the same seed gives the
     same result on the CPU.
+
+    With `ranks` (one of several DDP processes training the trial together), each rank trains on
+    its own `batch_size // ranks.size` images of every global batch and the collectives of
+    hpsearch.training.distributed keep the whole state the same on every rank.
     """
 
-    def __init__(self, cfg: StudyConfig, splits: Splits, device: torch.device, seed: int):
-        self.cfg, self.splits, self.device, self.seed = cfg, splits, device, seed
+    def __init__(self, cfg: StudyConfig, splits: Splits, device: torch.device, seed: int, ranks: Ranks | None = None):
+        self.cfg, self.splits, self.device, self.seed, self.ranks = cfg, splits, device, seed, ranks
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         backbone, feature_dim = build_backbone(cfg.model, splits.channels, cfg.data.image_size)
@@ -95,8 +100,14 @@ class Pretraining:
                           stacklevel=2)
         n_images = len(splits.pretrain)
         # A batch never exceeds the data, and the last partial batch is dropped: contrastive
-        # losses degrade on a tiny batch and every step should cost the same.
-        self.batch_size = min(cfg.training.batch_size, n_images)
+        # losses degrade on a tiny batch and every step should cost the same. Split between ranks,
+        # the global batch is rounded down to a multiple of their number.
+        world = ranks.size if ranks is not None else 1
+        self.local_batch = min(cfg.training.batch_size, n_images) // world
+        if self.local_batch < 2:
+            raise ValueError(f"training.batch_size {cfg.training.batch_size} split between training.devices {world} "
+                             f"leaves {self.local_batch} image(s) per process; SSL losses need at least 2")
+        self.batch_size = self.local_batch * world
         self.steps_per_epoch = n_images // self.batch_size
         self.optimizer = build_optimizer(self.method, cfg.training.optimizer, self.batch_size)
         self.total_steps = cfg.training.epochs * self.steps_per_epoch
@@ -105,12 +116,18 @@ class Pretraining:
         self.epoch = 0  # completed epochs
         self._order: Tensor | None = None  # the running epoch's shuffle; None between epochs
         labels = splits.pretrain_labels
-        self.online_probe = (OnlineProbe.of(self.method, splits.num_classes, device)
-                             if labels is not None and bool((labels >= 0).any()) else None)
+        self.online_probe: OnlineProbe | None = None
+        if labels is not None and bool((labels >= 0).any()):  # ranks: one probe on the whole global batch
+            self.online_probe = (OnlineProbe.of(self.method, splits.num_classes, device) if ranks is None
+                                 else SharedOnlineProbe.among(ranks, self.method, splits.num_classes, device))
         # The probe's labels and the epoch's order live on the training device, so that each step
         # slices its labels there: a CPU index copied over would be a blocking copy every step.
         self._labels = labels.to(device) if self.online_probe is not None else None
         self._order_on_device: Tensor | None = None
+        self._batch_order: Tensor | None = None  # this rank's part of the epoch's order (all of it alone)
+        # Alone, augmentations draw from `generator` (as they always have); ranks reseed this one
+        # each step, so that they augment differently while `generator` stays the same on all.
+        self._augment_generator = torch.Generator() if ranks is not None else self.generator
 
     def train_epoch(self, stop: StopCheck | None = None) -> EpochStats:
         """Train to the end of the current epoch; raises Diverged on a non-finite loss.
@@ -123,15 +140,15 @@ class Pretraining:
         self._begin_epoch()
         loss_sum = self._loss_sum.to(self.device)  # summed on device: no host sync per step
         # In memory or streamed from the files (data.stream): the same batches, from the same position.
-        for images in pretrain_batches(self.splits.pretrain, self._order, self._position, self.batch_size):
+        for images in pretrain_batches(self.splits.pretrain, self._batch_order, self._position, self.local_batch):
             loss_sum += self.train_step(images)
             self._position += 1
             if stop is not None and stop.requested:
                 self._loss_sum, self._elapsed = loss_sum.cpu(), self._elapsed + time.perf_counter() - start
                 stop.check()
-        mean_loss = loss_sum.item() / self.steps_per_epoch
+        mean_loss = loss_sum.item() / self.steps_per_epoch  # with ranks, every rank sums the global loss
         self.epoch += 1
-        self._order = None
+        self._order = self._batch_order = None
         if not math.isfinite(mean_loss):
             raise Diverged(f"SSL loss is {mean_loss} at epoch {self.epoch}")
         online = self.online_probe.epoch_accuracy() if self.online_probe is not None else None
@@ -143,26 +160,33 @@ class Pretraining:
             self._order = torch.randperm(len(self.splits.pretrain), generator=self.generator)
             self._position, self._loss_sum, self._elapsed = 0, torch.zeros(()), 0.0
             self._epoch_lr = self.optimizer.param_groups[0]["lr"]
+        self._batch_order = self._order if self.ranks is None else self.ranks.part(self._order, self.batch_size)
         if self.online_probe is not None:  # one copy per epoch; the CPU order stays for checkpoints
-            self._order_on_device = self._order.to(self.device)
+            self._order_on_device = self._batch_order.to(self.device)
 
     def train_step(self, images: Tensor) -> Tensor:
         """One optimiser step on the batch at the epoch's current position; returns its loss,
         detached, on the device. Nothing here reads a value back to the host (a GPU never waits;
         tests/training/test_host_sync.py)."""
         images = images.to(self.device, non_blocking=True)  # already there unless the splits were not moved
-        views = self.method.make_views(images, self.cfg.augment, self.cfg.data.image_size, self.generator)
+        if self.ranks is not None:
+            self._augment_generator.manual_seed(self.ranks.augment_seed(self.seed, self.scheduler.last_epoch))
+        views = self.method.make_views(images, self.cfg.augment, self.cfg.data.image_size, self._augment_generator)
         mixed = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
         with mixed:
             views = augment.normalise(views, self.splits.mean, self.splits.std, self.memory_format)
             loss = self.method.training_loss(views).float()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.ranks is not None:
+            loss = self.ranks.average_gradients([p for p in self.method.parameters() if p.requires_grad], loss)
         self.optimizer.step()
         self.scheduler.step()
         self.method.on_step_end(self.scheduler.last_epoch, self.total_steps)
+        if self.ranks is not None:
+            self.ranks.share_buffers(self.method)
         if self.online_probe is not None:
-            rows = self._order_on_device[self._position * self.batch_size:(self._position + 1) * self.batch_size]
+            rows = self._order_on_device[self._position * self.local_batch:(self._position + 1) * self.local_batch]
             self.online_probe.step(self._labels[rows])
         return loss.detach()
 

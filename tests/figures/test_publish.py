@@ -25,7 +25,7 @@ def test_a_run_that_cannot_take_the_report_gives_a_warning_line_not_an_error(stu
 
 def test_the_report_lands_on_the_run_as_pngs_and_one_page(study, tracker, tmp_path):
     add(study, TrialState.COMPLETE, value=0.8, epochs=EPOCHS, curve={1: 0.5})
-    run_id = tracker.study_run("s", None)
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
     said = []
     publish_report(tracker, run_id, study, finished_trials(study), say=said.append)
     logged = {a.path for a in tracker.client.list_artifacts(run_id, "report")}

@@ -29,11 +29,13 @@ The fixture (tests/study/fixtures/) was made with the code of commit 964551b, on
    kNN curves (steps 1, 2, 3) from MLflow.
 
 On old main the continued trial matched the uninterrupted one bit for bit (value, ssl_loss and
-kNN curves: "continuation_bit_exact": true), so every comparison below is exact float equality.
-Exactness holds on the CPU for one machine and library build (README: "on the CPU results are
-bit-exact for a seed"); the subprocesses are kept off any GPU. A different CPU or torch build can
-change the float sums, and with them these numbers, without any change to hpsearch: regenerate
-the fixture with the old commit there before reading a mismatch as a regression.
+kNN curves: "continuation_bit_exact": true). Exactness holds on the CPU for one machine and library
+build only (README: "on the CPU results are bit-exact for a seed"): another CPU (measured: this
+fixture's ssl_loss differs in the 4th digit from epoch 2 on an AMD EPYC without AVX-512) changes
+the float sums without any change to hpsearch. So trained numbers are compared with the fixture
+within float-noise tolerances (losses to 0.1%, accuracies to 2 points: a regression in training
+moves them by far more), while params, states, steps and the run structure stay exact; bit-exact
+continuation on one machine is checked by tests/study/test_kill_and_rerun.py.
 """
 
 import json
@@ -46,6 +48,7 @@ import tarfile
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from hpsearch.config import study_attrs
@@ -80,6 +83,14 @@ def recorded_curve(trial: dict, metric: str) -> list[tuple[int, float]]:
     return list(enumerate(trial[metric], start=1))
 
 
+LOSS, ACCURACY = {"rel": 1e-3}, {"abs": 0.02}  # float noise across CPUs; see the module docstring
+
+
+def assert_same_curve(got: list[tuple[int, float]], recorded: list[tuple[int, float]], tolerance: dict) -> None:
+    assert [step for step, _ in got] == [step for step, _ in recorded]  # the same epochs, each once
+    assert [v for _, v in got] == pytest.approx([v for _, v in recorded], **tolerance)
+
+
 def test_a_study_interrupted_by_main_964551b_continues_from_its_checkpoint_to_the_same_result(tmp_path):
     shutil.rmtree(BASE, ignore_errors=True)
     with tarfile.open(TARBALL) as tar:
@@ -110,9 +121,9 @@ def test_a_study_interrupted_by_main_964551b_continues_from_its_checkpoint_to_th
     for trial, old in zip(trials, expected):
         assert trial.params == old["params"]
     for trial, old in zip(trials[:2], expected[:2]):
-        assert trial.value == old["value"]  # the old trials keep their (test) values
+        assert trial.value == old["value"]  # the old trials keep their (test) values, as stored
     # The continued trial trained exactly as before (same curve); its value is now a validation one.
-    assert sorted(retry.intermediate_values.items()) == recorded_curve(expected[3], "knn_accuracy")
+    assert_same_curve(sorted(retry.intermediate_values.items()), recorded_curve(expected[3], "knn_accuracy"), ACCURACY)
 
     client = MlflowClient(f"sqlite:///{WORKDIR / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("compat").experiment_id
@@ -126,7 +137,7 @@ def test_a_study_interrupted_by_main_964551b_continues_from_its_checkpoint_to_th
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
     ssl_loss = curve(client, run_id, "ssl_loss")
     assert [step for step, _ in ssl_loss] == [1, 2, 3]  # every epoch exactly once
-    assert ssl_loss == recorded_curve(expected[3], "ssl_loss")
+    assert_same_curve(ssl_loss, recorded_curve(expected[3], "ssl_loss"), LOSS)
 
     report = hpsearch("report", "compat", "--workdir", str(WORKDIR), cwd=tmp_path)
     assert report.returncode == 0, report.stdout + report.stderr
@@ -144,10 +155,10 @@ def test_the_same_study_file_and_seed_give_main_964551b_results(tmp_path):
            [(e["number"], e["state"], e["params"]) for e in expected]  # exact, as recorded
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     for trial, old in zip(trials, expected):  # pretraining is untouched by the validation split
-        assert curve(client, trial.user_attrs["mlflow_run_id"], "ssl_loss") == recorded_curve(old, "ssl_loss")
-        assert sorted(trial.intermediate_values.items()) == recorded_curve(old, "knn_accuracy")
+        assert_same_curve(curve(client, trial.user_attrs["mlflow_run_id"], "ssl_loss"), recorded_curve(old, "ssl_loss"), LOSS)
+        assert_same_curve(sorted(trial.intermediate_values.items()), recorded_curve(old, "knn_accuracy"), ACCURACY)
     # Old main's value was the test split's accuracy: the test figure the study now reports for its
     # best trial (chosen on validation) is that same number, on the same test images.
     study = optuna.load_study(study_name="compat", storage=f"sqlite:///{workdir / 'optuna.db'}")
     best = study.best_trial
-    assert study_attrs.test_results(study)[str(best.number)]["value"] == expected[best.number]["value"]
+    assert study_attrs.test_results(study)[str(best.number)]["value"] == pytest.approx(expected[best.number]["value"], **ACCURACY)

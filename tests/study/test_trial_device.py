@@ -13,6 +13,7 @@ import hpsearch
 from hpsearch.config.schema import StudyConfig
 from hpsearch.data import load_splits
 from hpsearch.study.interrupt import StopRequest
+from hpsearch.study.ddp_trial import Solo
 from hpsearch.study.trial import TrialContext, _is_out_of_memory, _resume, _Saved
 from hpsearch.tracking.tracker import Tracker
 from hpsearch.training import checkpoint
@@ -47,14 +48,14 @@ def test_a_checkpoint_resumes_whatever_the_training_device(tmp_path, monkeypatch
     checkpoint.save(directory, trained.epoch, trained.scheduler.last_epoch,
                     {"training": trained.state_dict(), "history": [{"epoch": 1, "ssl_loss": 1.0}]})
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume", tmp_path / "mlartifacts")
-    study_run = tracker.study_run("resume", None)
+    study_run = tracker.client.create_run(tracker.experiment_id).info.run_id
     run = tracker.trial_run(study_run, 0, {}, [])
     trial = optuna.create_study().ask()
     trial.set_user_attr("checkpoint_key", "trial-0")  # as run_trial's _open_run sets it
     ctx = TrialContext(cfg, splits, torch.device("meta"), tracker, study_run, tmp_path / "checkpoints", StopRequest(),
                        on_epoch=lambda *args: None, say=lambda line: None)
     resumed = Pretraining(cfg, splits, torch.device("cpu"), seed=1)  # another seed: the checkpoint must set it all
-    _resume(trial, run, _Saved(directory, resumed), ctx)
+    _resume(trial, run, _Saved(directory, resumed), ctx, Solo())
     run.finish("COMPLETE")
     # The rule: checkpoints are read on the CPU (load_state_dict moves the weights to the model's
     # device), so the generator states are CPU byte tensors.
