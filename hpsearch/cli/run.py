@@ -89,7 +89,7 @@ def _run(args, argv: list[str]) -> int:
               file=sys.stderr)
         return 75
     except Interrupted as stop:
-        again = shlex.join(["hpsearch", *(a for a in argv if a != "--force")])
+        again = continue_command(argv)
         print(f"hpsearch: interrupted ({stop}); the running trial was checkpointed. Continue with: {again}",
               file=sys.stderr)
         return 128 + stop.signum
