@@ -35,11 +35,11 @@ def pg_study_name(request):
 
     import optuna
 
-    from tests.helpers import POSTGRES
+    from tests.helpers import pg_storage
 
     name = f"{request.node.name[:20]}-{uuid.uuid4().hex[:8]}"
     yield name
     try:
-        optuna.delete_study(study_name=name, storage=POSTGRES)
+        optuna.delete_study(study_name=name, storage=pg_storage())
     except KeyError:  # the test failed before the study was made
         pass

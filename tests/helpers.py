@@ -1,6 +1,7 @@
 """Helpers the tests share: a tiny study config and the real `hpsearch` command in a subprocess."""
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -122,13 +123,22 @@ def stop_group(server: subprocess.Popen) -> None:
 
 def postgres_available(url: str = POSTGRES) -> bool:
     """Whether the PostgreSQL server the multi-worker tests need answers at `url`."""
-    import optuna
-
     try:
-        optuna.storages.RDBStorage(url)
+        pg_storage(url)
         return True
     except Exception:
         return False
+
+
+@functools.cache
+def pg_storage(url: str = POSTGRES):
+    """One storage per URL for the whole test process, for the tests' own reads and writes. Each
+    `optuna.load_study(storage=url_string)` opens an engine whose pooled connections live until the
+    garbage collector breaks its reference cycles: a test polling a study that way would exhaust the
+    server's 100 connections, and the next test to connect would fail."""
+    import optuna
+
+    return optuna.storages.RDBStorage(url)
 
 
 def needs_postgres(url: str = POSTGRES):

@@ -31,6 +31,7 @@ from hpsearch.study.owner import OWNER_ATTR, is_this_process
 from hpsearch.study.parent_run import study_parent_run
 from hpsearch.study.retry import fail_dead_here, finished_trials, replaced_numbers, requeue
 from hpsearch.study.shared_root import check_shared_root
+from hpsearch.study.resilient_storage import ResilientRDBStorage
 from hpsearch.study.storage import connect, open_study
 from hpsearch.study.surplus import SURPLUS_ATTR, Surplus, end_if_surplus
 from hpsearch.study.stored_config import check_unchanged, config_yaml, store_config, without_secrets
@@ -56,6 +57,7 @@ class Session:
     workdir: Path
     tracking_uri: str
     on_stale: Callable
+    storage: ResilientRDBStorage
     stop: StopRequest = field(default_factory=StopRequest)
     surplus: set[int] = field(default_factory=set)  # numbers of the surplus trials this worker ended
 
@@ -67,6 +69,15 @@ class Session:
         others); then, in the one worker that ends the study, `at_end` (the test split, for instance),
         the report on the parent run and the final table. Raises Interrupted after SIGINT/SIGTERM,
         with this process's interrupted trial queued to continue on the next run."""
+        try:
+            self._run(objective, at_end)
+        finally:
+            # The returned study stays readable (the engine reconnects); a process that runs study
+            # after study (a notebook, a sweep script) does not hold each one's idle connections
+            # until the garbage collector frees its engine.
+            self.storage.engine.dispose()
+
+    def _run(self, objective: Callable[[optuna.Trial], float], at_end: Callable[[], None] | None) -> None:
         study, cfg = self.study, self.cfg
         before = finalisation(study)  # set already: this worker reopened a study that had ended
         self.console.line(f"worker {worker_id()} on study {cfg.name}: {self.finished()}/{cfg.n_trials} finished")
@@ -141,6 +152,8 @@ class Session:
     def _running_elsewhere(self) -> bool:
         """Whether another worker still runs a trial of the study (when the storage cannot tell,
         no: the parent run ends with this worker, as it would alone)."""
+        if self.storage.lost:  # asking would only raise StorageLost again
+            return False
         try:
             return bool(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         except Exception:
@@ -229,7 +242,7 @@ def open_session(cfg: StudyConfig, text: str | None, label: str, device: object,
     tracker.log_text(study_run_id, config_yaml(study), "study/resolved_config.yaml")
     optuna.storages.fail_stale_trials(study)  # queue retries of dead trials before counting
     session = Session(cfg, study, tracker, study_run_id, checkpoint_root, console or Console(cfg.n_trials, cfg.training.epochs),
-                      workdir, tracking_uri, on_stale)
+                      workdir, tracking_uri, on_stale, storage)
     session.retry_dead_here()
     session.console.line(f"study {cfg.name!r}: {session.finished()}/{cfg.n_trials} trials finished, training on {device}")
     session.console.line(f"  optuna storage {mask(storage_url)}, MLflow {mask(tracking_uri)}")

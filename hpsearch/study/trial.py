@@ -76,7 +76,19 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
 
 
 def with_outcome(trial: optuna.Trial, run: TrialRun, train: Callable[[], float]) -> float:
-    """Run `train` and end the trial's MLflow run with the state Optuna will record (and why)."""
+    """Run `train` and end the trial's MLflow run with the state Optuna will record (and why).
+
+    MLflow away too long, while training or while ending the run (a trial can finish its last
+    epochs during an outage, its metrics queued): nothing more can be written, and the trial
+    continues on the next run from its checkpoint, recording what MLflow missed."""
+    try:
+        return _ended(trial, run, train)
+    except TrackingUnavailable:
+        trial.set_user_attr("interrupted", True)
+        raise
+
+
+def _ended(trial: optuna.Trial, run: TrialRun, train: Callable[[], float]) -> float:
     try:
         value = train()
     except optuna.TrialPruned as pruned:
@@ -85,9 +97,6 @@ def with_outcome(trial: optuna.Trial, run: TrialRun, train: Callable[[], float])
     except Interrupted:
         trial.set_user_attr("interrupted", True)
         run.finish("INTERRUPTED", reason="interrupted; continues when the study is run again")
-        raise
-    except TrackingUnavailable:  # MLflow away too long: nothing more can be written; continues on the next run
-        trial.set_user_attr("interrupted", True)
         raise
     except Exception as err:
         reason = "oom" if _is_out_of_memory(err) else f"{type(err).__name__}: {err}"

@@ -14,7 +14,7 @@ import yaml
 from hpsearch.study.parent_run import study_parent_run
 from hpsearch.tracking.server import server_command, server_env
 from hpsearch.tracking.tracker import Tracker
-from tests.helpers import needs_postgres, free_port, stop_group, tiny_study, wait_until_served
+from tests.helpers import needs_postgres, free_port, pg_storage, stop_group, tiny_study, wait_until_served
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 WORKERS = 6
@@ -50,7 +50,7 @@ def study_runs(client, experiment_id: str) -> list:
 
 def _elect(study_name: str, tracking_uri: str, artifact_root: str, barrier, results) -> None:
     """One worker: open the study and the tracker, wait for the others, then ask for the parent run."""
-    study = optuna.load_study(study_name=study_name, storage=POSTGRES)
+    study = optuna.load_study(study_name=study_name, storage=pg_storage())
     tracker = Tracker(tracking_uri, study_name, Path(artifact_root))
     barrier.wait(timeout=120)
     results.put(study_parent_run(study, tracker, study_name))
@@ -58,7 +58,7 @@ def _elect(study_name: str, tracking_uri: str, artifact_root: str, barrier, resu
 
 @postgres_only
 def test_workers_starting_at_once_on_many_machines_agree_on_one_parent_run(tmp_path, mlflow_server, pg_study_name):
-    study = optuna.create_study(study_name=pg_study_name, storage=POSTGRES, direction="maximize")
+    study = optuna.create_study(study_name=pg_study_name, storage=pg_storage(), direction="maximize")
     # The experiment exists before the workers start: this test is about the parent run, and
     # Tracker's get-or-create of the experiment is a separate race.
     tracker = Tracker(mlflow_server, pg_study_name, tmp_path / "mlartifacts")
@@ -119,7 +119,7 @@ def test_two_machines_running_one_study_log_to_one_parent_run(tmp_path, mlflow_s
         out, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, out + err
 
-    study = optuna.load_study(study_name=pg_study_name, storage=POSTGRES)
+    study = optuna.load_study(study_name=pg_study_name, storage=pg_storage())
     (parent,) = study_runs(tracker.client, tracker.experiment_id)
     assert parent.info.run_id == study.user_attrs["mlflow_study_run_id"]
     trial_runs = [r for r in tracker.client.search_runs([tracker.experiment_id]) if r.info.run_id != parent.info.run_id]

@@ -9,7 +9,7 @@ import uuid
 import optuna
 import yaml
 
-from tests.helpers import needs_postgres, tiny_study
+from tests.helpers import needs_postgres, pg_storage, tiny_study
 
 URL = "postgresql://root:s3cret-pw@127.0.0.1:5432/test"
 
@@ -32,7 +32,7 @@ def test_two_workers_share_a_postgres_study_and_no_password_leaks(tmp_path, mlfl
         assert "s3cret-pw" not in out + err
         assert "postgresql://root:***@127.0.0.1:5432/test" in out
 
-    study = optuna.load_study(study_name=name, storage=URL)
+    study = optuna.load_study(study_name=name, storage=pg_storage(URL))
     # Each worker stops once the study holds 3 finished trials; one may have been mid-trial then.
     assert 3 <= len(study.trials) <= 4
     assert "s3cret-pw" not in json.dumps(study.user_attrs)
@@ -50,4 +50,22 @@ def test_two_workers_share_a_postgres_study_and_no_password_leaks(tmp_path, mlfl
         if path.is_file():
             assert "s3cret-pw" not in path.read_text(errors="ignore"), path
     assert parent.info.run_id == study.user_attrs["mlflow_study_run_id"]
-    optuna.delete_study(study_name=name, storage=URL)
+    optuna.delete_study(study_name=name, storage=pg_storage(URL))
+
+
+def test_a_study_run_in_process_holds_no_connection_once_it_returns(tmp_path, pg_study_name):
+    """A notebook or a sweep script that runs study after study must not hold each one's pooled
+    connections: PostgreSQL refuses clients past max_connections (100 by default)."""
+    import hpsearch
+
+    label = f"hpsearch-test-{uuid.uuid4().hex[:8]}"  # this test's connections, as PostgreSQL lists them
+    url = f"postgresql://postgres@127.0.0.1:5432/postgres?application_name={label}"
+
+    def connections() -> int:
+        with pg_storage().engine.connect() as db:
+            return db.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                      (label,)).scalar()
+
+    study = hpsearch.run_study(tiny_study(tmp_path / "runs", name=pg_study_name, n_trials=1, storage=url))
+    assert connections() == 0
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]  # the study is still readable

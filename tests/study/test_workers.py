@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from hpsearch.study.retry import finished_trials
 from hpsearch.study.surplus import SURPLUS_ATTR
-from tests.helpers import needs_postgres, ROOT, is_alive, run_cli, tiny_study, tree_pids
+from tests.helpers import needs_postgres, ROOT, is_alive, pg_storage, run_cli, tiny_study, tree_pids
 
 URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 N_TRIALS = 4
@@ -47,7 +47,7 @@ def start(home: Path, *args: str) -> subprocess.Popen:
 
 def load(name: str) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=name, storage=URL)
+    return optuna.load_study(study_name=name, storage=pg_storage())
 
 
 def running(name: str) -> list:
@@ -143,8 +143,6 @@ def test_a_killed_workers_trial_is_continued_by_the_other(tmp_path, pg_study_nam
         assert steps == [1, 2, 3, 4], (metric, steps)
 
 
-@pytest.mark.xfail(strict=False, reason="passes alone (python -m pytest tests/study/test_workers.py) but failed "
-                   "inside the whole CI suite after the long-outage storage test failed there; see the session note")
 def test_ctrl_c_stops_every_worker_with_one_line_and_the_printed_command_continues(tmp_path, pg_study_name, mlflow_client):
     # Two trials long enough that the second worker, started once the first has measured the
     # baseline, finds one left to take (starting a worker takes a while on a busy machine).
@@ -178,8 +176,6 @@ def test_ctrl_c_stops_every_worker_with_one_line_and_the_printed_command_continu
     assert_exactly_n_trials(tmp_path, pg_study_name, mlflow_client, n_trials=2)
 
 
-@pytest.mark.xfail(strict=False, reason="passes alone (python -m pytest tests/study/test_workers.py) but failed "
-                   "inside the whole CI suite after the long-outage storage test failed there; see the session note")
 def test_a_worker_with_a_checkpoint_root_of_its_own_stops_before_training(tmp_path, pg_study_name):
     path = write_study(tmp_path, pg_study_name, n_trials=1, **{"training.epochs": 1, "data.pretrain_size": 256})
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
