@@ -30,8 +30,8 @@ from hpsearch.study.interrupt import Interrupted, StopRequest
 from hpsearch.study.owner import OWNER_ATTR, is_this_process
 from hpsearch.study.parent_run import study_parent_run
 from hpsearch.study.retry import fail_dead_here, finished_trials, replaced_numbers, requeue
-from hpsearch.study.shared_root import check_shared_root
 from hpsearch.study.resilient_storage import ResilientRDBStorage
+from hpsearch.study.shared_root import check_shared_root
 from hpsearch.study.storage import connect, open_study
 from hpsearch.study.surplus import SURPLUS_ATTR, Surplus, end_if_surplus
 from hpsearch.study.stored_config import check_unchanged, config_yaml, store_config, without_secrets

@@ -82,13 +82,13 @@ def with_outcome(trial: optuna.Trial, run: TrialRun, train: Callable[[], float])
     epochs during an outage, its metrics queued): nothing more can be written, and the trial
     continues on the next run from its checkpoint, recording what MLflow missed."""
     try:
-        return _ended(trial, run, train)
+        return _train_then_end_run(trial, run, train)
     except TrackingUnavailable:
         trial.set_user_attr("interrupted", True)
         raise
 
 
-def _ended(trial: optuna.Trial, run: TrialRun, train: Callable[[], float]) -> float:
+def _train_then_end_run(trial: optuna.Trial, run: TrialRun, train: Callable[[], float]) -> float:
     try:
         value = train()
     except optuna.TrialPruned as pruned:
