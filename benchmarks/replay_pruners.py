@@ -7,7 +7,7 @@ configuration, on both committed CIFAR-10 recordings, with 1 to 1,024 asynchrono
     python benchmarks/replay_pruners.py --quick                 # 3 seeds, 1 worker: checks it runs, writes nothing
 
 Tables: benchmarks/tables/cifar10_record.json.gz (the first recording: SimCLR / BYOL / VICReg;
-the thaw strategies' defaults, hpsearch.replay.strategies.THAW_DEFAULTS, were chosen on it) and
+the thaw strategies' defaults, hpsearch.pruning.thaw.THAW_DEFAULTS, were chosen on it) and
 cifar10_record2.json.gz (the second: MoCo, SimSiam, Barlow Twins, DINO, rotation; held out, the
 defaults are only reported there). The runs are what `hpsearch replay` does; this script loops over
 the settings, checks the issue's targets for `calibrated`, `asha_thaw` and `calibrated_thaw`, and
@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
 
 from hpsearch.replay import DEFAULT_STRATEGIES  # noqa: E402
 from hpsearch.replay.report import format_table, plot, replay, summarize  # noqa: E402
-from hpsearch.replay.strategies import THAW_DEFAULTS  # noqa: E402
+from hpsearch.pruning.thaw import THAW_DEFAULTS  # noqa: E402
 from hpsearch.replay.table import Table  # noqa: E402
 
 TABLES = {"cifar10_record (defaults chosen here)": ROOT / "benchmarks" / "tables" / "cifar10_record.json.gz",

@@ -293,6 +293,8 @@ class RecoveryConfig(Section):
     checkpoint_every: int = Field(1, gt=0, description="epochs between checkpoints of a running trial")
     checkpoint_dir: str | None = Field(None, description="null = <workdir>/checkpoints; a shared path for many machines")
     keep_best: int = Field(3, ge=0, description="finished trials keep their last checkpoint only if among the best k")
+    paused_checkpoints_gb: float = Field(2.0, ge=0, description="disk budget of paused trials' checkpoints (a pausing "
+                                         "pruner); over it, the least promising paused trials are pruned for good")
     heartbeat_interval: int = Field(30, gt=0, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, gt=0, description="seconds without heartbeat before a trial counts as dead")
     max_retries: int = Field(2, ge=0, description="retries of a trial whose worker died or was interrupted")

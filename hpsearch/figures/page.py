@@ -64,7 +64,7 @@ def _leaderboard(summary: Summary) -> str:
     if not summary.rows:
         return "<p class='note'>no finished trial yet</p>"
     header = ["#", "state", "value", "test", "last report", "epochs", *summary.param_names, "reason"]
-    rows = [[str(r.number), r.state, accuracy(r.value), accuracy(r.test), accuracy(r.last_report), epochs(r),
+    rows = [[str(r.number), r.label, accuracy(r.value), accuracy(r.test), accuracy(r.last_report), epochs(r),
              *[fmt(r.params.get(n)) for n in summary.param_names], r.reason] for r in summary.rows]
     return _table(header, rows, [r.state for r in summary.rows], cell_classes={1: 'text', len(header) - 1: 'reason'})
 

@@ -13,6 +13,7 @@ from hpsearch.figures.classes import TOP, ClassTable, class_table
 from hpsearch.figures.compute import Compute, budget_of, compute_of, epochs_trained
 from hpsearch.figures.importance import Importances, importances_of
 from hpsearch.pruning.calibration import calibration_records, calibration_text
+from hpsearch.pruning.rungs import THAW_ATTR, evicted, state_label
 from hpsearch.tracking.tracker import RunReader
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2}
@@ -24,6 +25,7 @@ class Row:
 
     number: int
     state: str
+    label: str  # the state as shown: PAUSED apart from PRUNED, "(thawed)" on a continued pause (hpsearch.pruning.rungs)
     value: float | None  # the final metric on the validation split (complete trials only)
     test: float | None  # the final metric on the test split, when measured
     last_report: float | None  # the last value reported to the pruner (kNN for hpsearch studies)
@@ -58,7 +60,8 @@ def summarise(study: optuna.Study, counted: list[FrozenTrial], *, reader: RunRea
     sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
     tested = test_results(study)
     importances = importances_of(study)
-    rows = sorted((_row(t, epochs, tested) for t in counted), key=lambda r: _rank(r, sign))
+    gone = evicted(study)
+    rows = sorted((_row(t, epochs, tested, gone) for t in counted), key=lambda r: _rank(r, sign))
     names = sorted({n for t in counted for n in t.params}, key=lambda n: (-importances.values.get(n, -1), n))
     complete = [r for r in rows if r.state == "COMPLETE"]
     by_number = {t.number: t for t in counted}
@@ -85,13 +88,14 @@ def _metric(stored: dict) -> str:
     return f"{final} accuracy on the validation split" if final else "the trial's value"
 
 
-def _row(trial: FrozenTrial, epochs: int | None, tested: dict) -> Row:
+def _row(trial: FrozenTrial, epochs: int | None, tested: dict, gone: frozenset[int]) -> Row:
     reason = trial.user_attrs.get("reason", "")
     if "retry_of" in trial.user_attrs:
-        reason = f"continues trial {trial.user_attrs['retry_of']}" + (f"; {reason}" if reason else "")
+        how = "thaws" if THAW_ATTR in trial.user_attrs else "continues"
+        reason = f"{how} trial {trial.user_attrs['retry_of']}" + (f"; {reason}" if reason else "")
     steps = trial.intermediate_values
     budget = budget_of(trial, epochs)
-    return Row(number=trial.number, state=trial.state.name,
+    return Row(number=trial.number, state=trial.state.name, label=state_label(trial, gone),
                value=trial.value if trial.state == TrialState.COMPLETE else None,
                test=tested.get(str(trial.number), {}).get("value"),
                last_report=steps[max(steps)] if steps else None,

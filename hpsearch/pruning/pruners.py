@@ -9,6 +9,7 @@ import numpy as np
 import optuna
 
 from hpsearch.pruning.calibrated import CalibratedPruner
+from hpsearch.pruning.thaw import pausing_calibrated
 
 PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "none": optuna.pruners.NopPruner,
@@ -40,6 +41,13 @@ def build_pruner(name: str, args: dict) -> optuna.pruners.BasePruner:
         return _construct(WRAPPERS[name], {"wrapped_pruner": wrapped, **args})
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; expected one of: {', '.join(pruner_names())}")
+    if name == "calibrated":
+        args = dict(args)
+        pause = args.pop("pause", True)
+        if not isinstance(pause, bool):
+            raise ValueError(f"pause: expected true or false, got {pause!r}")
+        if pause:  # stops are pauses, thawed when the calibration says they were wrong (hpsearch.pruning.thaw)
+            return pausing_calibrated(args, _construct)
     return _construct(PRUNERS[name], args)
 
 

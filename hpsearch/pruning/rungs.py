@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 PAUSED_ATTR = "paused_at"  # the epoch at which a reversible pruner paused the trial (it ended PRUNED)
 THAW_ATTR = "thaw_of"  # on a thawed trial: the number of the paused trial it continues
+EVICTED = "evicted:"  # study system attr per paused trial whose checkpoint was evicted (why): pruned for good
 
 
 def sign_of(study: optuna.Study) -> float:
@@ -38,6 +39,21 @@ def paused_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.PRUNED and PAUSED_ATTR in t.user_attrs and t.number not in thawed]
 
 
+def evicted(study: optuna.Study) -> frozenset[int]:
+    """The paused trials that lost their checkpoint (hpsearch.study.pause): no thaw can continue them."""
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    return frozenset(int(key.removeprefix(EVICTED)) for key in attrs if key.startswith(EVICTED))
+
+
+def state_label(trial: FrozenTrial, gone: frozenset[int]) -> str:
+    """A trial's state as the console and the report show it: PAUSED (a thaw may continue it) apart
+    from PRUNED (`gone`: the evicted), and "(thawed)" on a trial that continued a paused one."""
+    state = trial.state.name
+    if state == "PRUNED" and PAUSED_ATTR in trial.user_attrs and trial.number not in gone:
+        state = "PAUSED"
+    return f"{state} (thawed)" if THAW_ATTR in trial.user_attrs else state
+
+
 class RungPruner(optuna.pruners.BasePruner):
     """Pause a trial at a rung unless it is in the top 1/eta of all trials that reached that rung."""
 
@@ -50,6 +66,7 @@ class RungPruner(optuna.pruners.BasePruner):
             raise ValueError(f"min_resource must be >= 1, got {min_resource}")
         self.eta, self.min_resource = reduction_factor, min_resource
         self.reasons: dict[int, str] = {}  # trial number -> why it was paused (read by the trial loop)
+        self.thaw = None  # the policy a real study asks when a worker is free (hpsearch.pruning.thaw)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         rung = self.rung_reached(trial.last_step, trial.intermediate_values)

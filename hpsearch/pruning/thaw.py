@@ -23,11 +23,17 @@ References: ASHA's promotions (Li et al. 2020); freeze-thaw Bayesian optimisatio
 
 from __future__ import annotations
 
+from typing import Callable
+
 import optuna
 from optuna.trial import FrozenTrial
 
 from hpsearch.pruning.calibrated import CalibratedPruner
 from hpsearch.pruning.rungs import RungPruner, paused_trials, sign_of
+
+# The thaw policy's defaults, chosen on benchmarks/tables/cifar10_record.json.gz (the first
+# recording) and reported on cifar10_record2 (benchmarks/replay_pruners.py).
+THAW_DEFAULTS = {"reduction_factor": 5, "p_thaw": 0.5, "p_skip": 0.0}
 
 
 class RungThaw:
@@ -37,10 +43,11 @@ class RungThaw:
         self.pruner = pruner
         self.reasons: dict[int, str] = {}  # paused trial number -> why it was thawed
 
-    def choose(self, study: optuna.Study, *, exhausted: bool = False) -> FrozenTrial | None:
-        """The paused trial to continue now, or None: sample a new configuration."""
+    def choose(self, study: optuna.Study, *, exhausted: bool = False, unavailable: frozenset[int] = frozenset()) -> FrozenTrial | None:
+        """The paused trial to continue now, or None: sample a new configuration. `unavailable`:
+        paused trials that cannot be continued (their checkpoint was evicted)."""
         trials = study.get_trials(deepcopy=False)
-        paused = paused_trials(trials)
+        paused = [t for t in paused_trials(trials) if t.number not in unavailable]
         if not paused:
             return None
         standings = self.pruner.standings(trials, paused, sign_of(study))
@@ -74,9 +81,9 @@ class CalibratedThaw(RungThaw):
         self._estimates: dict[tuple[int, int], float | None] = {}  # (trial, finished trials) -> estimate
         self._finished_now = 0
 
-    def choose(self, study: optuna.Study, *, exhausted: bool = False) -> FrozenTrial | None:
+    def choose(self, study: optuna.Study, *, exhausted: bool = False, unavailable: frozenset[int] = frozenset()) -> FrozenTrial | None:
         self._finished_now = self.calibrated.finished_count(study)
-        return super().choose(study, exhausted=exhausted)
+        return super().choose(study, exhausted=exhausted, unavailable=unavailable)
 
     def _reason(self, study, trial: FrozenTrial, rung: int, better: int, quota: int) -> str | None:
         p = self._estimate(study, trial)
@@ -92,3 +99,15 @@ class CalibratedThaw(RungThaw):
         if key not in self._estimates:
             self._estimates[key] = self.calibrated.estimate(study, trial)
         return self._estimates[key]
+
+
+def pausing_calibrated(args: dict, build: Callable[[type, dict], CalibratedPruner]) -> RungPruner:
+    """The `calibrated` pruner of a real study: ASHA rungs that pause (reduction_factor,
+    min_resource), a calibrated thaw policy (p_thaw, p_skip) on `thaw`, the calibration's own
+    arguments (min_trials, top_k, ...) for the rest; `build` constructs the calibration, checking them."""
+    args = dict(args)
+    rungs = RungPruner(reduction_factor=args.pop("reduction_factor", THAW_DEFAULTS["reduction_factor"]),
+                       min_resource=args.pop("min_resource", 1))
+    p_thaw, p_skip = args.pop("p_thaw", THAW_DEFAULTS["p_thaw"]), args.pop("p_skip", THAW_DEFAULTS["p_skip"])
+    rungs.thaw = CalibratedThaw(rungs, build(CalibratedPruner, args), p_thaw=p_thaw, p_skip=p_skip)
+    return rungs

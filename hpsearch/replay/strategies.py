@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.pruning.calibrated import CalibratedPruner
 from hpsearch.pruning.rungs import RungPruner
-from hpsearch.pruning.thaw import CalibratedThaw, RungThaw
+from hpsearch.pruning.thaw import THAW_DEFAULTS, CalibratedThaw, RungThaw
 from hpsearch.replay import STRATEGY_NAMES
 
 
@@ -34,11 +34,6 @@ class TopKAfterFirstStep(optuna.pruners.BasePruner):
 
 
 Strategy = tuple[optuna.pruners.BasePruner, "RungThaw | None"]
-
-# The thaw strategies' defaults, chosen on benchmarks/tables/cifar10_record.json.gz (the first
-# recording) and reported on cifar10_record2 (benchmarks/replay_pruners.py).
-THAW_DEFAULTS = {"reduction_factor": 5, "p_thaw": 0.5, "p_skip": 0.0}
-
 
 def _rung_pruner() -> RungPruner:
     return RungPruner(reduction_factor=THAW_DEFAULTS["reduction_factor"])

@@ -30,7 +30,7 @@ def _leaderboard(summary: Summary) -> str:
         return "leaderboard: no finished trial yet"
     shown = summary.param_names[:KEY_PARAMS]
     header = ["#", "state", "value", "test", "last report", "epochs", *shown, "reason"]
-    rows = [[str(r.number), r.state, accuracy(r.value), accuracy(r.test), accuracy(r.last_report), epochs(r),
+    rows = [[str(r.number), r.label, accuracy(r.value), accuracy(r.test), accuracy(r.last_report), epochs(r),
              *[fmt(r.params.get(n)) for n in shown], _clip(r.reason)] for r in summary.rows]
     more = len(summary.param_names) - len(shown)
     lines = [f"leaderboard (best first; value: {summary.metric}; test: the same on the test split, where measured; "

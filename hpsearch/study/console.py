@@ -7,6 +7,7 @@ from typing import TextIO
 
 import optuna
 
+from hpsearch.pruning.rungs import evicted, state_label
 from hpsearch.study.on_test import RANDOM_INIT, results_on_test
 from hpsearch.study.owner import OWNER_ATTR
 from hpsearch.study.retry import FINISHED, configuration_number, finished_trials
@@ -58,7 +59,8 @@ class Console:
         # A pruned trial's `value` is Optuna's copy of its last proxy report: show why it stopped instead.
         value = f"linear probe {trial.value:.4f}" if complete else trial.user_attrs.get("reason", "")
         epochs = trial.user_attrs.get("epochs_trained", "?")
-        self.line(f"trial {_identity(trial):>3}  {trial.state.name:<8}  {value}  ({epochs} epochs)  |  {self.status}")
+        state = state_label(trial, evicted(study))
+        self.line(f"trial {_identity(trial):>3}  {state:<8}  {value}  ({epochs} epochs)  |  {self.status}")
 
     def summary(self, study: optuna.Study, ui_hint: str) -> None:
         """The final table: every finished trial with its validation value (the one the study chose
@@ -68,7 +70,8 @@ class Console:
         test_of = {number: measured["value"] for number, measured in tested.items()}
         names = sorted({name for t in trials for name in t.params})
         header = ["#", "state", "val", *(["test"] if len(tested) > (RANDOM_INIT in tested) else []), "epochs", *names]
-        rows = [[_identity(t), t.state.name, f"{t.value:.4f}" if t.state.name == "COMPLETE" else "",
+        gone = evicted(study)
+        rows = [[_identity(t), state_label(t, gone), f"{t.value:.4f}" if t.state.name == "COMPLETE" else "",
                  *([_fmt(test_of.get(str(t.number), ""))] if "test" in header else []),
                  str(t.user_attrs.get("epochs_trained", "")), *[_fmt(t.params.get(n, "")) for n in names]]
                 for t in trials]

@@ -32,6 +32,7 @@ import optuna
 from hpsearch.config.schema import StudyConfig
 from hpsearch.config.study_attrs import LOOP_ATTR, keep_proxy_history
 from hpsearch.evaluation import FINAL_METRIC_KEYS
+from hpsearch.pruning.rungs import PAUSED_ATTR
 from hpsearch.study.console import Console
 from hpsearch.study.owner import OWNER_ATTR, this_worker
 from hpsearch.study.session import Session, open_session
@@ -148,6 +149,8 @@ class Trial:
             if self._cfg.pruning.warmup_epochs <= epoch < self.epochs:
                 reported = {e: m[self.proxy] for e, m in sorted(self._recorded.items()) if self.proxy in m}
                 if (reason := pruner_reason(self._trial, self._cfg.pruning.name, self.proxy, reported)) is not None:
+                    if getattr(self._trial.study.pruner, "reversible", False):  # a thaw continues it as a retry
+                        self._trial.set_user_attr(PAUSED_ATTR, epoch)       # does, from your latest checkpoint
                     stop_trial(self._trial, epoch, reason)
         self._session.stop.check()  # after a checkpoint and a record: the retry continues from here
 

@@ -12,17 +12,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config.study_attrs import HISTORY_ATTR, proxy_history
+from hpsearch.pruning.rungs import PAUSED_ATTR
 from hpsearch.study.owner import OWNER_ATTR, died_here
 from hpsearch.study.surplus import SURPLUS_ATTR
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # What a retry does not take over from the trial it replaces: how and where that one ended.
-NOT_INHERITED = ("interrupted", "reason", OWNER_ATTR)
+NOT_INHERITED = ("interrupted", "reason", OWNER_ATTR, PAUSED_ATTR)
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int, count_as_retry: bool) -> bool:
-    """Queue a retry of `trial`; False when it has used up its retries. A graceful interrupt is not
-    counted as a retry: the configuration did nothing wrong."""
+def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int, count_as_retry: bool,
+            attrs: dict | None = None) -> bool:
+    """Queue a retry of `trial` (with `attrs` added to its user attrs); False when it has used up its
+    retries. A graceful interrupt or a thaw is not counted as a retry: the configuration did nothing wrong."""
     retries = trial.user_attrs.get("retries", 0) + int(count_as_retry)
     if retries > max_retries:
         return False
@@ -31,7 +33,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int, count_
         params=trial.params,
         distributions=trial.distributions,
         user_attrs={**{k: v for k, v in trial.user_attrs.items() if k not in NOT_INHERITED},
-                    "retry_of": trial.number, "retries": retries},
+                    "retry_of": trial.number, "retries": retries, **(attrs or {})},
         intermediate_values=trial.intermediate_values,
         system_attrs={HISTORY_ATTR: history} if (history := proxy_history(trial)) is not None else None,
     ))

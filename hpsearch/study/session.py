@@ -24,11 +24,13 @@ from hpsearch.config.schema import StudyConfig
 from hpsearch.evaluation import FINAL_METRIC_KEYS
 from hpsearch.figures.publish import publish_report
 from hpsearch.pruning.calibration import calibration_json, calibration_records, calibration_text
+from hpsearch.pruning.rungs import PAUSED_ATTR
 from hpsearch.study.console import Console, best, counts
 from hpsearch.study.finalise import claim_finalisation, finalisation, is_worker, worker_id
 from hpsearch.study.interrupt import Interrupted, StopRequest
 from hpsearch.study.owner import OWNER_ATTR, is_this_process
 from hpsearch.study.parent_run import study_parent_run
+from hpsearch.study.pause import evict_over_budget, kept_paused_keys, thaw_if_due
 from hpsearch.study.retry import fail_dead_here, finished_trials, replaced_numbers, requeue
 from hpsearch.study.resilient_storage import ResilientRDBStorage
 from hpsearch.study.shared_root import check_shared_root
@@ -138,6 +140,7 @@ class Session:
         queued first: this host's at once, other hosts' after the heartbeat's grace period."""
         optuna.storages.fail_stale_trials(self.study)
         self.retry_dead_here()
+        thaw_if_due(self.study, self.cfg, self.console.line)  # a free worker may continue a paused trial instead
         pending = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
         if any(t.state == TrialState.WAITING for t in pending):
             return True
@@ -198,6 +201,9 @@ class Session:
         self.tracker.log_metrics(self.study_run_id, metrics, step=sum(n.values()))
         if trial.state == TrialState.COMPLETE:
             _log_calibration(self.tracker, self.study_run_id, study)
+        if PAUSED_ATTR in trial.user_attrs:
+            evict_over_budget(study, self.checkpoint_root, self.cfg.recovery.paused_checkpoints_gb, self.tracker,
+                              self.console.line)
         _prune_checkpoints(study, self.checkpoint_root, self.cfg.recovery.keep_best)
         self.console.trial_finished(study, trial)
 
@@ -294,7 +300,8 @@ def _quiet_interrupts(stop: StopRequest, surplus: set[int]):
 
 
 def _prune_checkpoints(study: optuna.Study, root: Path, keep_best: int) -> None:
-    """Bound disk use: finished trials keep their checkpoints only when among the best `keep_best`.
+    """Bound disk use: finished trials keep their checkpoints only when among the best `keep_best`
+    or paused (those are bounded by their own budget: hpsearch.study.pause).
     A failed trial that may still be retried (interrupted, or its worker died) keeps its own, even
     when its retry is not queued yet: another worker may be about to queue it."""
     finished = finished_trials(study)
@@ -302,6 +309,7 @@ def _prune_checkpoints(study: optuna.Study, root: Path, keep_best: int) -> None:
     keep = {t.user_attrs.get("checkpoint_key") for t in complete[:keep_best]}
     keep |= {t.user_attrs.get("checkpoint_key") for t in finished  # finished: retried ones are left out
              if t.state == TrialState.FAIL and (t.user_attrs.get("interrupted") or "reason" not in t.user_attrs)}
+    keep |= kept_paused_keys(study)  # a thaw continues from them (hpsearch.study.pause)
     for trial in finished:
         key = trial.user_attrs.get("checkpoint_key")
         if key is not None and key not in keep:

@@ -23,6 +23,7 @@ from hpsearch.evaluation import Evaluator
 from hpsearch.config.study_attrs import keep_proxy_history
 from hpsearch.pruning.heuristics import first_reason, rules_for
 from hpsearch.pruning.pruners import explain
+from hpsearch.pruning.rungs import PAUSED_ATTR, THAW_ATTR
 from hpsearch.study.ddp_trial import Solo, Team, open_team
 from hpsearch.study.interrupt import Interrupted, StopRequest
 from hpsearch.study.owner import OWNER_ATTR, this_worker
@@ -92,7 +93,8 @@ def _train_then_end_run(trial: optuna.Trial, run: TrialRun, train: Callable[[], 
     try:
         value = train()
     except optuna.TrialPruned as pruned:
-        run.finish("PRUNED", reason=str(pruned), pruned_epoch=trial.user_attrs.get("epochs_trained"))
+        run.finish("PRUNED", reason=str(pruned), pruned_epoch=trial.user_attrs.get("epochs_trained"),
+                   paused_at=trial.user_attrs.get(PAUSED_ATTR))
         raise
     except Interrupted:
         trial.set_user_attr("interrupted", True)
@@ -130,7 +132,10 @@ def open_run(trial: optuna.Trial, tracker: Tracker, study_run_id: str, study_see
     run_id = trial.user_attrs.get("mlflow_run_id")
     try:
         if run_id is not None:
-            return tracker.continue_trial_run(run_id, trial.number)
+            run = tracker.continue_trial_run(run_id, trial.number)
+            if THAW_ATTR in trial.user_attrs:  # a paused trial continued (hpsearch.study.pause)
+                run.set_tags({"hpsearch.thaw_of": trial.user_attrs[THAW_ATTR]})
+            return run
         run = tracker.trial_run(study_run_id, trial.number, params, searched)
     except TrackingUnavailable:  # queued again by the session: the trial starts (or continues) on the next run
         trial.set_user_attr("interrupted", True)
@@ -201,7 +206,7 @@ def _pretrain(trial: optuna.Trial, cfg: StudyConfig, ctx: TrialContext, run: Tri
                 saved.write(history)
             _record(trial, run, history, ctx, recorded)
             if "knn_accuracy" in metrics and epoch < epochs:
-                _prune_if_told(trial, cfg, rules, history)
+                _prune_if_told(trial, cfg, rules, history, saved)
             if ctx.stop.requested:  # between checkpoints too: the recorded epochs must be in one
                 saved.write(history)
                 ctx.stop.check()
@@ -260,16 +265,22 @@ def _record(trial: optuna.Trial, run: TrialRun, history: list[dict], ctx: TrialC
     ctx.on_epoch(trial.number, epoch, metrics)
 
 
-def _prune_if_told(trial: optuna.Trial, cfg: StudyConfig, rules, history: list[dict]) -> None:
-    """Stop the trial (TrialPruned) when, after the warm-up, the pruner or an SSL heuristic says so."""
+def _prune_if_told(trial: optuna.Trial, cfg: StudyConfig, rules, history: list[dict], saved: "_Saved") -> None:
+    """Stop the trial (TrialPruned) when, after the warm-up, the pruner or an SSL heuristic says so.
+    A reversible pruner's stop is a pause (user attr `paused_at`, a checkpoint at this epoch, kept
+    for a thaw: hpsearch.study.pause); a heuristic's (collapse, no learning) is final."""
     epoch = history[-1]["epoch"]
     if epoch < cfg.pruning.warmup_epochs:
         return  # "never prune before" is one promise: the SSL heuristics wait too (divergence does not)
     reported = {h["epoch"]: h["knn_accuracy"] for h in history if "knn_accuracy" in h}
+    final = first_reason(rules, history)
     if (reason := pruner_reason(trial, cfg.pruning.name, "kNN", reported)) is not None:
+        if final is None and getattr(trial.study.pruner, "reversible", False):
+            saved.write(history)
+            trial.set_user_attr(PAUSED_ATTR, epoch)
         stop_trial(trial, epoch, reason)
-    if (reason := first_reason(rules, history)) is not None:
-        stop_trial(trial, epoch, reason)
+    if final is not None:
+        stop_trial(trial, epoch, final)
 
 
 def pruner_reason(trial: optuna.Trial, pruner_name: str, proxy_label: str, reported: dict[int, float]) -> str | None:

@@ -190,11 +190,11 @@ class TrialRun:
     def log_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 
-    def finish(self, state: str, reason: str | None = None, pruned_epoch: int | None = None) -> None:
-        """Write what is queued, tag the Optuna outcome and end the run with the matching status.
+    def finish(self, state: str, reason: str | None = None, pruned_epoch: int | None = None,
+               paused_at: int | None = None) -> None:
+        """Write what is queued, tag the Optuna outcome and end the run with the matching status
+        (`paused_at`: a pause, which Optuna records PRUNED; the checkpoint stays for a thaw).
         TrackingUnavailable when the backend stays away: the run is left as it is."""
-        from mlflow.entities import RunTag
-
         self.writer.close()
         self.writer.raise_if_gave_up()  # what it still holds is in the trial's checkpoint
         tags = {"optuna.state": state}
@@ -202,8 +202,17 @@ class TrialRun:
             tags["hpsearch.reason"] = reason[:MAX_PARAM_CHARS]
         if pruned_epoch is not None:
             tags["hpsearch.pruned_epoch"] = str(pruned_epoch)
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        if not reason and "hpsearch.reason" in self.client.get_run(self.run_id).data.tags:
-            # A continued trial's run still says why it stopped the first time: no longer true.
-            self.client.delete_tag(self.run_id, "hpsearch.reason")
+        if paused_at is not None:
+            tags["hpsearch.paused_at"] = str(paused_at)
+        self.set_tags(tags)
+        # A continued trial's run still says why, and where, it stopped the first time: no longer true.
+        held = self.client.get_run(self.run_id).data.tags
+        for stale in ("hpsearch.reason", "hpsearch.paused_at"):
+            if stale in held and stale not in tags:
+                self.client.delete_tag(self.run_id, stale)
         self.client.set_terminated(self.run_id, status=RUN_STATUS[state])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

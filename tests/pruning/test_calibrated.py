@@ -157,6 +157,7 @@ def test_bad_arguments_are_refused(args):
 
 
 def test_hpsearch_run_uses_the_calibrated_pruner_and_reports_its_calibration(tmp_path, mlflow_client):
+    """With `pause: false`, the calibrated pruner's stops are final (its pausing form: test_pause_thaw.py)."""
     import hpsearch
     from tests.helpers import run_cli, tiny_study
 
@@ -170,7 +171,7 @@ def test_hpsearch_run_uses_the_calibrated_pruner_and_reports_its_calibration(tmp
     # enough for it; 4 real trials cannot reach the |rho| it needs.) The heuristics are off so that
     # only the pruner decides.
     cfg = tiny_study(tmp_path / "runs", n_trials=4, training={"epochs": 3, "batch_size": 128},
-                     pruning={"name": "calibrated", "args": {"min_trials": 4, "cold_start_trials": 2},
+                     pruning={"name": "calibrated", "args": {"min_trials": 4, "cold_start_trials": 2, "pause": False},
                               "warmup_epochs": 1,
                               "heuristics": {"collapse": {"enabled": False}, "no_learning": {"enabled": False}}})
     cfg["search_space"]["model.width"] = {"type": "categorical", "choices": [1, 8]}
