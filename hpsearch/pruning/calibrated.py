@@ -21,7 +21,10 @@ how well each proxy at each step ranks the final metric (Spearman rho, `calibrat
   trial that reached that bar did.
 
 Until `min_trials` trials have finished it is a median rule on the primary proxy against the
-trials that stopped (finished or pruned) after reaching the same step. Values are made "higher is better" by the study's direction.
+trials that stopped (finished or pruned) after reaching the same step, unless a `prior` (finished
+trials of an earlier study or a replay table, resolved by hpsearch.study.prior) seeds the
+calibration: the prior's trials stand in for the study's own until those take over, weighted by
+their number (with n own finished trials, `prior_weight` - n of the prior's, a fixed random draw). Values are made "higher is better" by the study's direction.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ PRIMARY = ("knn_accuracy", REPORTED)  # the curve extrapolated: the proxy trials
 
 
 @dataclass(frozen=True)
-class _Finished:
-    """A finished trial as the pruner sees it: its proxy curves and its final value (higher = better)."""
+class Finished:
+    """A finished trial as the pruner sees it, the study's own or a prior's: its proxy curves and its
+    final value (higher = better)."""
 
     curves: dict[str, dict[int, float]]
     final: float
@@ -53,7 +57,8 @@ class _Finished:
 class CalibratedPruner(optuna.pruners.BasePruner):
     def __init__(self, *, min_trials: int = 4, min_rho: float = 0.5, top_k: int = 3, min_probability: float = 0.05,
                  reduction_factor: int = 3, min_resource: int = 1, cold_start_trials: int = 2,
-                 margin: float = 0.01, method_param: str = "objective.method", n_bootstrap: int = 128, seed: int = 0):
+                 margin: float = 0.01, method_param: str = "objective.method", n_bootstrap: int = 128, seed: int = 0,
+                 prior: list[Finished] | None = None, prior_weight: int | None = None):
         for name, value, low in (("min_trials", min_trials, 3), ("top_k", top_k, 1), ("reduction_factor", reduction_factor, 2),
                                  ("min_resource", min_resource, 1), ("cold_start_trials", cold_start_trials, 1),
                                  ("n_bootstrap", n_bootstrap, 8)):
@@ -68,8 +73,14 @@ class CalibratedPruner(optuna.pruners.BasePruner):
         self.min_trials, self.min_rho, self.top_k, self.min_probability = min_trials, min_rho, top_k, min_probability
         self.eta, self.min_resource, self.cold_start_trials = reduction_factor, min_resource, cold_start_trials
         self.margin, self.method_param, self.n_bootstrap, self.seed = margin, method_param, n_bootstrap, seed
+        self.prior_weight = 3 * min_trials if prior_weight is None else prior_weight
+        if self.prior_weight < 0:
+            raise ValueError(f"prior_weight must be >= 0, got {prior_weight}")
+        # A fixed draw order, so that the prior's share shrinks by dropping the same trials each time.
+        order = np.random.default_rng(seed).permutation(len(prior or []))
+        self.prior = [(prior or [])[i] for i in order]
         self.reasons: dict[int, str] = {}  # trial number -> why it was pruned (read by the trial loop)
-        self._cache: tuple[int, list[_Finished]] | None = None
+        self._cache: tuple[int, list[Finished]] | None = None
         self._judges: dict[tuple, tuple[str, "_Lines"] | None] = {}  # estimate()'s proxy and lines, per calibration
 
     # -- Optuna's interface -------------------------------------------------------------------
@@ -145,11 +156,15 @@ class CalibratedPruner(optuna.pruners.BasePruner):
         proxy, lines = judge
         return lines.probability_above(curves[proxy][step], threshold)
 
+    def prior_in_use(self, own: int) -> int:
+        """How many of the prior's trials weigh in beside `own` finished trials of the study."""
+        return min(len(self.prior), max(0, self.prior_weight - own))
+
     def finished_count(self, study: optuna.Study) -> int:
         """How many finished trials the calibration rests on now (estimates change only with it)."""
         return len(self._finished(study, 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0))
 
-    def _group_and_bar(self, trial: FrozenTrial, finished: list[_Finished]) -> tuple[list[_Finished], float]:
+    def _group_and_bar(self, trial: FrozenTrial, finished: list[Finished]) -> tuple[list[Finished], float]:
         """The finished trials a trial is judged against (its method's when enough), and the bar."""
         method = trial.params.get(self.method_param)
         same = [f for f in finished if f.method == method]
@@ -159,7 +174,7 @@ class CalibratedPruner(optuna.pruners.BasePruner):
         threshold = sorted((f.final for f in finished), reverse=True)[min(self.top_k, len(finished)) - 1] - self.margin
         return group, threshold
 
-    def _calibrated_rule(self, trial: FrozenTrial, step: int, sign: float, finished: list[_Finished]) -> str | None:
+    def _calibrated_rule(self, trial: FrozenTrial, step: int, sign: float, finished: list[Finished]) -> str | None:
         group, threshold = self._group_and_bar(trial, finished)
         curves = proxy_curves(trial)
         choice = _best_proxy(curves, step, group, self.min_trials, self.min_rho)
@@ -182,7 +197,7 @@ class CalibratedPruner(optuna.pruners.BasePruner):
         return (f"calibrated pruner: P(final >= top-{self.top_k} - margin = {sign * threshold:.4f}) = {probability:.3f} from "
                 f"{proxy} at step {step} (rho {rho:.2f}, n {n})")
 
-    def _extrapolated_probability(self, curves, group: list[_Finished], threshold: float, rng) -> float:
+    def _extrapolated_probability(self, curves, group: list[Finished], threshold: float, rng) -> float:
         """P(reaching the threshold) by extrapolating the primary curve to the last step; 0 when it cannot say."""
         primary = next((p for p in PRIMARY if p in curves), None)
         if primary is None or len(curves[primary]) < 3:
@@ -197,17 +212,18 @@ class CalibratedPruner(optuna.pruners.BasePruner):
                           seed=int(rng.integers(2**31)))
         return _probability_above(group, primary, last, future.samples, threshold, self.n_bootstrap, rng)
 
-    def _finished(self, study: optuna.Study, sign: float) -> list[_Finished]:
+    def _finished(self, study: optuna.Study, sign: float) -> list[Finished]:
         """The complete trials, read again only when their number changed (prune runs every epoch)."""
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if self._cache is None or self._cache[0] != len(complete):
-            finished = [_Finished(proxy_curves(t), sign * t.value, t.params.get(self.method_param))
+            finished = [Finished(proxy_curves(t), sign * t.value, t.params.get(self.method_param))
                         for t in complete if t.value is not None and math.isfinite(t.value)]
+            finished += self.prior[:self.prior_in_use(len(finished))]
             self._cache = (len(complete), finished)
         return self._cache[1]
 
 
-def _best_proxy(curves: dict[str, dict[int, float]], step: int, group: list[_Finished], min_trials: int,
+def _best_proxy(curves: dict[str, dict[int, float]], step: int, group: list[Finished], min_trials: int,
                 min_rho: float) -> tuple[str, float, int] | None:
     """The proxy whose value at `step` ranks the group's finals best (|rho| >= min_rho), with rho and n."""
     best = None
@@ -233,7 +249,7 @@ def _best_proxy(curves: dict[str, dict[int, float]], step: int, group: list[_Fin
     return best
 
 
-def _probability_above(group: list[_Finished], proxy: str, step: int, value, threshold: float, n_bootstrap: int,
+def _probability_above(group: list[Finished], proxy: str, step: int, value, threshold: float, n_bootstrap: int,
                        rng: np.random.Generator) -> float:
     """P(final >= threshold) for a trial whose proxy reads `value` at `step` (a number, or samples of it)."""
     lines = _bootstrap_lines(group, proxy, step, n_bootstrap, rng)
@@ -253,7 +269,7 @@ class _Lines:
         return float(np.mean(self.intercept + self.slope * at + self.noise >= threshold))
 
 
-def _bootstrap_lines(group: list[_Finished], proxy: str, step: int, n_bootstrap: int,
+def _bootstrap_lines(group: list[Finished], proxy: str, step: int, n_bootstrap: int,
                      rng: np.random.Generator) -> _Lines | None:
     """A line final = a + b * proxy fitted to the finished trials; its uncertainty comes from refitting
     on trials drawn with replacement, plus one residual of the refit per draw. None under 3 trials."""

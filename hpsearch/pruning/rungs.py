@@ -78,8 +78,13 @@ class RungPruner(optuna.pruners.BasePruner):
         better, quota = sum(v > mine for v in values), len(values) // self.eta
         if better < quota:
             return False
-        self.reasons[trial.number] = (f"paused at rung {rung}: {better} of {len(values)} trials that reached it are better "
-                                      f"(goes on in the top {quota} = 1/{self.eta})")
+        if quota == 0:  # ASHA promotes no one from a rung that fewer than eta trials reached
+            standing = "the best" if better == 0 else f"{better} better"
+            self.reasons[trial.number] = (f"paused at rung {rung}: {standing} of the {len(values)} trial(s) that reached it, "
+                                          f"which promotes its top 1/{self.eta} once {self.eta} have")
+        else:
+            self.reasons[trial.number] = (f"paused at rung {rung}: {better} of {len(values)} trials that reached it are better "
+                                          f"(goes on in the top {quota} = 1/{self.eta})")
         return True
 
     def rung_reached(self, step: int | None, reported: dict[int, float]) -> int | None:

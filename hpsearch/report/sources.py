@@ -4,13 +4,17 @@ file is not created, and an unreachable server is given one short try."""
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from hpsearch.config.study_attrs import study_config
 from hpsearch.figures.summary import Summary, summarise
+from hpsearch.study.prior import PRIOR_ATTR, prior_line
 from hpsearch.study.retry import finished_trials
 from hpsearch.tracking.tracker import RunReader
 from hpsearch.tracking.urls import mask
@@ -25,7 +29,12 @@ def tracking_uri_of(stored: dict, workdir: str | None) -> str:
 
 def report_summary(study: optuna.Study, workdir: str | None = None) -> Summary:
     reader, unreachable = _reader(study, workdir)
-    return summarise(study, finished_trials(study), reader=reader, unreachable=unreachable)
+    summary = summarise(study, finished_trials(study), reader=reader, unreachable=unreachable)
+    # Which calibration the pruner rests on: a prior (pruning.args.prior) until the study's own take over.
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)]
+    line = prior_line(study.user_attrs.get(PRIOR_ATTR), len(complete))
+    return replace(summary, calibration=f"{line}\n{summary.calibration}") if line else summary
 
 
 def _reader(study: optuna.Study, workdir: str | None) -> tuple[RunReader | None, str | None]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from hpsearch.config.schema import FieldError, StudyConfig, did_you_mean
 from hpsearch.pruning.pruners import build_pruner
+from hpsearch.study.prior import resolve_prior
 from hpsearch.study.space import check_space, set_path
 from objectives import METHODS
 
@@ -70,7 +71,7 @@ def load_study(source: str | Path | dict | StudyConfig, sets: list[str] | dict |
 def _check_pruner(cfg: StudyConfig) -> None:
     """Build the pruner once, so that a bad `pruning.args` is a study-file error, not a failed run."""
     try:
-        build_pruner(cfg.pruning.name, cfg.pruning.args)
+        build_pruner(cfg.pruning.name, resolve_prior(cfg.pruning.args)[0])
     except ValueError as err:
         raise FieldError("pruning.args", str(err)) from None
 

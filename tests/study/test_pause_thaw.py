@@ -142,3 +142,22 @@ def test_the_disk_budget_evicts_the_least_promising_paused_trial_first(tmp_path)
     assert "least promising" in said[0]
     assert evict_over_budget(study, root, 0.0015, tracker=None, say=said.append) == [1]  # then the shallower of the two
     assert [t.number for t in waiting_paused(study)] == [0]
+
+
+def test_a_study_warm_started_from_another_says_so_in_its_report(paused_and_thawed, tmp_path):
+    """`pruning.args.prior` names the finished study above: its 3 complete trials seed this one's
+    calibration, and `hpsearch report` says which calibration is in use."""
+    import hpsearch
+    from hpsearch.study.prior import PRIOR_ATTR
+    from tests.helpers import run_cli
+
+    earlier, _, _ = paused_and_thawed
+    prior = {"study": "tiny", "storage": f"sqlite:///{earlier / 'optuna.db'}"}
+    cfg = tiny_study(tmp_path / "runs", name="warm", n_trials=1,
+                     pruning={**PAUSING, "args": {**PAUSING["args"], "prior": prior}})
+    study = hpsearch.run_study(cfg)
+    assert study.user_attrs[PRIOR_ATTR] == {"source": f"study 'tiny' in {prior['storage']}", "trials": 3, "weight": 9}
+    assert study.pruner.thaw.calibrated.finished_count(study) == 1 + 3  # its own trial and the prior's three
+    report = run_cli("report", "warm", "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "calibration: 1 finished trial(s) of this study + 3 of the prior's 3 (study 'tiny'" in report.stdout
