@@ -161,3 +161,25 @@ def test_a_study_warm_started_from_another_says_so_in_its_report(paused_and_thaw
     report = run_cli("report", "warm", "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "calibration: 1 finished trial(s) of this study + 3 of the prior's 3 (study 'tiny'" in report.stdout
+
+
+def test_two_workers_thaw_each_paused_trial_once(tmp_path):
+    """`hpsearch run --workers 2`: both workers pause and thaw on one study; a thaw is claimed, so no
+    paused trial is continued twice, and the study holds exactly its configurations."""
+    import yaml
+
+    from tests.helpers import run_cli
+
+    cfg = tiny_study(tmp_path / "runs", n_trials=6, training={"epochs": 3, "batch_size": 128}, pruning=PAUSING)
+    cfg["search_space"]["model.width"] = {"type": "categorical", "choices": [NARROW, 4, WIDE]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    result = run_cli("run", "study.yaml", "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
+    thaws = [t.user_attrs[THAW_ATTR] for t in study.trials if THAW_ATTR in t.user_attrs]
+    assert thaws and len(thaws) == len(set(thaws))
+    finished = finished_trials(study)
+    numbers = [configuration_number(t) for t in finished]
+    assert len(numbers) == len(set(numbers)) == 6
+    assert sum(t.state == TrialState.COMPLETE for t in finished) >= 3  # the top 3 trained to their end
+    assert "[w1]" in result.stdout and "[w2]" in result.stdout and "thawed, paused at epoch" in result.stdout
