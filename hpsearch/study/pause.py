@@ -7,8 +7,8 @@ the pruner's thaw policy may pick a paused trial instead of a new configuration;
 as a retry is (hpsearch.study.retry: a new Optuna trial with the same params, curve and MLflow
 run, from the checkpoint) with user attr `thaw_of`. One worker thaws a trial: the thaw is claimed
 on the storage first. When the study has taken all its new configurations while fewer than the
-calibration's top_k trials completed, the most promising paused trial goes on, so that the study
-ends with configurations trained to their last epoch.
+calibration's top_k trials completed (or run elsewhere), the most promising paused trial goes on,
+so that the study ends with configurations trained to their last epoch.
 
 Paused checkpoints live under `recovery.paused_checkpoints_gb`: over it, the least promising
 paused trials (shallowest pause, then lowest value there) lose their checkpoint and are pruned for
@@ -48,7 +48,9 @@ def thaw_if_due(study: optuna.Study, cfg: StudyConfig, say: Callable[[str], None
     if policy is None:
         return None
     top_k = getattr(getattr(policy, "calibrated", None), "top_k", 1)
-    exhausted = _no_new_configuration(study, cfg) and _complete(study) < min(top_k, cfg.n_trials)
+    # Trials running elsewhere count as on their way: idle workers must not all thaw at once.
+    running = _running(study)
+    exhausted = len(finished_trials(study)) + running >= cfg.n_trials and _complete(study) + running < min(top_k, cfg.n_trials)
     pick = policy.choose(study, exhausted=exhausted, unavailable=evicted(study))
     if pick is None:
         return None
@@ -62,9 +64,8 @@ def thaw_if_due(study: optuna.Study, cfg: StudyConfig, say: Callable[[str], None
     return pick
 
 
-def _no_new_configuration(study: optuna.Study, cfg: StudyConfig) -> bool:
-    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not t.user_attrs.get(SURPLUS_ATTR)]
-    return len(finished_trials(study)) + len(running) >= cfg.n_trials
+def _running(study: optuna.Study) -> int:
+    return sum(not t.user_attrs.get(SURPLUS_ATTR) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def _complete(study: optuna.Study) -> int:
