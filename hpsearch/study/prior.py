@@ -14,15 +14,17 @@ set the top-k bar until the study's own trials replace them.
 
 from __future__ import annotations
 
-from hpsearch.pruning.calibrated import Finished
+import optuna
+
+from hpsearch.pruning.calibrated import CalibratedPruner, Finished
 from hpsearch.tracking.urls import mask
 
 PRIOR_ATTR = "calibration_prior"  # study user attr: where the prior came from, its size and weight
 
 
-def resolve_prior(args: dict) -> tuple[dict, dict | None]:
-    """`pruning.args` with `prior` read into finished trials, and what `hpsearch report` says of it
-    (None without a prior). ValueError (a one-line field error) when it cannot be read."""
+def resolve_prior(args: dict) -> tuple[dict, str | None]:
+    """`pruning.args` with `prior` read into finished trials, and where they came from (None
+    without a prior). ValueError (a one-line field error) when it cannot be read."""
     if "prior" not in args:
         return args, None
     from hpsearch.replay.command import load_table
@@ -43,8 +45,15 @@ def resolve_prior(args: dict) -> tuple[dict, dict | None]:
         raise ValueError(f"prior: {label} minimises its final metric; hpsearch studies maximise theirs")
     method_param = args.get("method_param", "objective.method")
     args["prior"] = [Finished(r.curves, r.final, r.params.get(method_param)) for r in table.trials if r.final is not None]
-    weight = args.get("prior_weight", 3 * args.get("min_trials", 4))
-    return args, {"source": label, "trials": len(args["prior"]), "weight": weight}
+    return args, label
+
+
+def prior_record(pruner: optuna.pruners.BasePruner, label: str | None) -> dict | None:
+    """What the study keeps (PRIOR_ATTR) for `hpsearch report`: the prior's source, size and weight."""
+    calibrated = pruner if isinstance(pruner, CalibratedPruner) else getattr(getattr(pruner, "thaw", None), "calibrated", None)
+    if label is None or calibrated is None:
+        return None
+    return {"source": label, "trials": len(calibrated.prior), "weight": calibrated.prior_weight}
 
 
 def prior_line(described: dict | None, own_finished: int) -> str | None:

@@ -10,7 +10,7 @@ import optuna
 from hpsearch.config.schema import StudyConfig
 from hpsearch.evaluation import FINAL_METRIC_KEYS
 from hpsearch.pruning.pruners import build_pruner
-from hpsearch.study.prior import PRIOR_ATTR, resolve_prior
+from hpsearch.study.prior import PRIOR_ATTR, prior_record, resolve_prior
 from hpsearch.study.resilient_storage import ResilientRDBStorage, StorageLost
 from hpsearch.tracking.urls import mask
 
@@ -77,8 +77,9 @@ def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.n_startup_trials,
                                              multivariate=True, group=True, constant_liar=True)
-    args, prior = resolve_prior(cfg.pruning.args)
+    args, source = resolve_prior(cfg.pruning.args)
+    pruner = build_pruner(cfg.pruning.name, args)
+    prior = prior_record(pruner, source)
     if prior != study.user_attrs.get(PRIOR_ATTR):  # what `hpsearch report` says the calibration rests on
         study.set_user_attr(PRIOR_ATTR, prior)
-    return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler,
-                             pruner=build_pruner(cfg.pruning.name, args))
+    return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner)

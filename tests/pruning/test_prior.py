@@ -13,10 +13,15 @@ TABLE = Path(__file__).resolve().parents[2] / "benchmarks" / "tables" / "cifar10
 
 
 def test_a_table_read_as_prior_holds_its_finished_trials():
-    args, described = resolve_prior({"prior": str(TABLE), "min_trials": 5})
-    assert len(args["prior"]) == described["trials"] >= 100
-    assert described == {"source": str(TABLE), "trials": described["trials"], "weight": 15}  # 3 x min_trials
+    from hpsearch.pruning import build_pruner
+    from hpsearch.study.prior import prior_record
+
+    args, source = resolve_prior({"prior": str(TABLE), "min_trials": 5})
+    assert source == str(TABLE) and len(args["prior"]) >= 100
     assert all("knn_accuracy" in p.curves and 0 < p.final < 1 for p in args["prior"])
+    for pause in (True, False):  # the pausing pruner's calibration, or the kill-only pruner itself
+        described = prior_record(build_pruner("calibrated", {**args, "pause": pause}), source)
+        assert described == {"source": str(TABLE), "trials": len(args["prior"]), "weight": 15}  # 3 x min_trials
 
 
 def test_a_prior_decides_from_the_first_trial_where_the_cold_start_could_not():
@@ -36,8 +41,11 @@ def test_a_prior_decides_from_the_first_trial_where_the_cold_start_could_not():
 
 
 def test_the_study_own_trials_take_over_as_they_finish():
-    args, described = resolve_prior({"prior": str(TABLE), "prior_weight": 6})
+    from hpsearch.study.prior import prior_record
+
+    args, source = resolve_prior({"prior": str(TABLE), "prior_weight": 6})
     pruner = CalibratedPruner(prior=args["prior"], prior_weight=6, seed=0)
+    described = prior_record(pruner, source)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     counts = []
     for level in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
