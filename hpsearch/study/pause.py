@@ -48,9 +48,11 @@ def thaw_if_due(study: optuna.Study, cfg: StudyConfig, say: Callable[[str], None
     if policy is None:
         return None
     top_k = getattr(getattr(policy, "calibrated", None), "top_k", 1)
+    finished = finished_trials(study)
+    complete = sum(t.state == TrialState.COMPLETE for t in finished)
     # Trials running elsewhere count as on their way: idle workers must not all thaw at once.
     running = _running(study)
-    exhausted = len(finished_trials(study)) + running >= cfg.n_trials and _complete(study) + running < min(top_k, cfg.n_trials)
+    exhausted = len(finished) + running >= cfg.n_trials and complete + running < min(top_k, cfg.n_trials)
     pick = policy.choose(study, exhausted=exhausted, unavailable=evicted(study))
     if pick is None:
         return None
@@ -66,10 +68,6 @@ def thaw_if_due(study: optuna.Study, cfg: StudyConfig, say: Callable[[str], None
 
 def _running(study: optuna.Study) -> int:
     return sum(not t.user_attrs.get(SURPLUS_ATTR) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
-
-def _complete(study: optuna.Study) -> int:
-    return sum(t.state == TrialState.COMPLETE for t in finished_trials(study))
 
 
 def kept_paused_keys(study: optuna.Study) -> set[str]:

@@ -276,7 +276,8 @@ def _prune_if_told(trial: optuna.Trial, cfg: StudyConfig, rules, history: list[d
     final = first_reason(rules, history)
     if (reason := pruner_reason(trial, cfg.pruning.name, "kNN", reported)) is not None:
         if final is None and getattr(trial.study.pruner, "reversible", False):
-            saved.write(history)
+            if epoch % cfg.recovery.checkpoint_every:  # not checkpointed at this epoch yet: the thaw starts here
+                saved.write(history)
             trial.set_user_attr(PAUSED_ATTR, epoch)
         stop_trial(trial, epoch, reason)
     if final is not None:
